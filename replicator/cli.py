@@ -1,0 +1,80 @@
+"""The `minio-s3-mirror` command: configuration errors exit 2, failures 1, success 0."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+import click
+
+from . import config, logs
+
+log = logging.getLogger("minio_s3_mirror")
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def load_settings(overrides: Mapping[str, str | None] = (), **kwargs: bool) -> config.Settings:
+    """Settings from the environment (flags override it); a bad value exits 2."""
+    environ = dict(os.environ)
+    environ.update({k: v for k, v in dict(overrides).items() if v is not None})
+    try:
+        settings = config.load(environ, **kwargs)
+    except config.ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    logs.setup(
+        debug=settings.debug,
+        log_format=settings.log_format,
+        service=settings.service,
+        secrets=settings.secrets(),
+    )
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="minio-s3-mirror")
+def main() -> None:
+    """Replicate MinIO buckets to AWS S3 (or any S3 endpoint).
+
+    Configuration comes from environment variables (see README.md); every
+    subcommand has --help.
+    """
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--dry-run", is_flag=True, default=None, help="List what would be copied (MIRROR_DRY_RUN)."
+)
+@click.option("--prefix", default=None, help="Only this prefix in every pair (MIRROR_PREFIX).")
+def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
+    """Mirror every configured pair once with `mc mirror` (the nightly job).
+
+    At most MIRROR_MAX_PAIRS pairs run at once. Exits 0 only when every pair
+    succeeded; a Slack report is sent when SLACK_BOT_TOKEN and SLACK_CHANNEL_ID are set.
+    """
+    from . import slack, summary
+    from .mc import McMissing, find_binary
+    from .reconcile import reconcile as run_reconcile
+
+    settings = load_settings(
+        {"MIRROR_DRY_RUN": "true" if dry_run else None, "MIRROR_PREFIX": prefix}
+    )
+    try:
+        find_binary()
+    except McMissing as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    log.info("reconciling %d pair(s), at most %d at once", len(settings.pairs), settings.max_pairs)
+    run = run_reconcile(settings)
+    click.echo(summary.render_json(run) if as_json else summary.render_text(run))
+    slack.report_reconcile(settings, run)
+    sys.exit(0 if run.ok else EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The one key matcher: MIRROR_PREFIX and MIRROR_EXCLUDE, with `mc mirror`'s semantics.
+
+Reconcile hands the same prefix and patterns to mc; the listener, worker and backfill
+ask this matcher, so every path copies the same set of keys.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+from .config import BucketPair, Settings
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[bytes]:
+    """mc's wildcard.Match on UTF-8 bytes: `*` any run (`/` included), `?` one byte."""
+    parts = []
+    for char in pattern.encode():
+        if char == ord("*"):
+            parts.append(b".*")
+        elif char == ord("?"):
+            parts.append(b".")
+        else:
+            parts.append(re.escape(bytes([char])))
+    return re.compile(b"".join(parts), re.DOTALL)
+
+
+@dataclass(frozen=True)
+class KeyFilter:
+    """Decides whether a source key of one pair is in scope."""
+
+    pair: BucketPair
+    prefix: str = ""
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def for_pair(cls, settings: Settings, pair: BucketPair) -> KeyFilter:
+        return cls(pair=pair, prefix=settings.prefix, exclude=settings.exclude)
+
+    @cached_property
+    def scope(self) -> str:
+        """Source key prefix (a folder) the pair covers, MIRROR_PREFIX included."""
+        return self.pair.source_prefix(self.prefix)
+
+    @cached_property
+    def _patterns(self) -> tuple[re.Pattern[bytes], ...]:
+        return tuple(_pattern_regex(p) for p in self.exclude)
+
+    def suffix(self, key: str) -> str | None:
+        """The key relative to the mirrored folder, as mc sees it; None when outside."""
+        if not self.scope:
+            return key
+        if key.startswith(self.scope + "/"):
+            return key[len(self.scope) :]
+        return None
+
+    def excluded(self, key: str) -> bool:
+        suffix = self.suffix(key)
+        return suffix is not None and any(p.fullmatch(suffix.encode()) for p in self._patterns)
+
+    def accepts(self, key: str) -> bool:
+        suffix = self.suffix(key)
+        if suffix is None:
+            return False
+        return not any(p.fullmatch(suffix.encode()) for p in self._patterns)

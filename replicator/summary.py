@@ -1,0 +1,71 @@
+"""The one end-of-run summary of a reconcile, for people (text) and machines (JSON)."""
+
+from __future__ import annotations
+
+import json
+
+from .reconcile import PairResult, RunResult
+
+_SHOWN = 10  # keys listed per pair before "... and N more"
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _keys(title: str, keys: list[str]) -> list[str]:
+    lines = [f"    {title}:"] + [f"      {key}" for key in keys[:_SHOWN]]
+    if len(keys) > _SHOWN:
+        lines.append(f"      ... and {len(keys) - _SHOWN} more")
+    return lines
+
+
+def pair_outcome(pair: PairResult) -> str:
+    """One phrase: what happened to this pair."""
+    if not pair.ok:
+        return f"FAILED ({len(pair.problems)} error(s)); copied {pair.copied}"
+    if pair.dry_run:
+        return f"dry run: would copy {len(pair.would_copy)} object(s), copied nothing"
+    if pair.copied:
+        return f"copied {pair.copied} object(s), {human_bytes(pair.bytes)}"
+    return "nothing to copy: the target is up to date"
+
+
+def render_text(run: RunResult) -> str:
+    failed = sum(not p.ok for p in run.pairs)
+    head = (
+        f"{run.service} reconcile{' (DRY RUN)' if run.dry_run else ''}: "
+        f"{len(run.pairs)} pair(s), {failed} failed, "
+        f"{sum(p.copied for p in run.pairs)} object(s) copied "
+        f"({human_bytes(sum(p.bytes for p in run.pairs))}) in {run.duration_s:.1f}s"
+    )
+    lines = [head]
+    for pair in run.pairs:
+        mark = "OK  " if pair.ok else "FAIL"
+        lines.append(f"  [{mark}] {pair.pair}: {pair_outcome(pair)}")
+        if pair.note:
+            lines.append(f"    note: {pair.note}")
+        if pair.would_copy:
+            lines += _keys("would copy", pair.would_copy)
+        if pair.left_changed:
+            lines += _keys(
+                "changed on the source but left on the target (MIRROR_OVERWRITE=false)",
+                pair.left_changed,
+            )
+        for problem in pair.problems[:_SHOWN]:
+            where = f" [{problem.side}]" if problem.side else ""
+            lines.append(f"    error{where}: {problem.text}")
+            detail = f" ({problem.detail})" if problem.detail else ""
+            lines.append(f"      cause: {problem.cause.title}: {problem.cause.meaning}{detail}")
+            lines += [f"      hint: {hint}" for hint in problem.cause.hints]
+        if len(pair.problems) > _SHOWN:
+            lines.append(f"    ... and {len(pair.problems) - _SHOWN} more error(s)")
+    return "\n".join(lines)
+
+
+def render_json(run: RunResult) -> str:
+    return json.dumps(run.as_dict(), ensure_ascii=False, indent=2)

@@ -1,0 +1,95 @@
+"""The seed README's troubleshooting causes, and which failure text maps to which."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Cause:
+    title: str
+    meaning: str
+    hints: tuple[str, ...]
+
+
+MC_FAILED = Cause(
+    "Mirror process closed with code: 1",
+    "the mc command failed",
+    (
+        "check the environment variables (MINIO_URL, AWS_URL, *_ACCESS_KEY, *_SECRET_KEY)",
+        "check the pair format (example: minio/bucket-name:aws/bucket-name)",
+        "check the network connection",
+        "check the credentials' permissions",
+    ),
+)
+UNABLE_TO_STAT_SOURCE = Cause(
+    "Unable to stat source",
+    "the source bucket cannot be found",
+    (
+        "check that the bucket name is exact",
+        "check that the bucket exists (MinIO console or `mc ls minio`)",
+        "check that the access key may read it",
+    ),
+)
+FAILED_TO_SET_ALIAS = Cause(
+    "Failed to set alias",
+    "cannot connect to MinIO/S3",
+    (
+        "check the URL format (it must include http:// or https://)",
+        "check firewalls and security groups between here and the endpoint",
+        "check that the access key and secret key are valid",
+    ),
+)
+FAILED_TO_ACCESS_ALIAS = Cause(
+    "Failed to access alias",
+    "connected, but access is refused",
+    (
+        "check the bucket's permissions",
+        "check the IAM policy (ListBucket, GetObject on the source; PutObject on the target)",
+        "check that the bucket exists",
+    ),
+)
+OBJECT_DOES_NOT_EXIST = Cause(
+    "Object does not exist",
+    "the source object or path cannot be found",
+    (
+        "check the source bucket path (the path in the pair and MIRROR_PREFIX)",
+        "check whether the object was deleted or moved",
+    ),
+)
+
+# Order matters: a wrong secret on the source also says "Unable to stat source".
+_RULES: tuple[tuple[re.Pattern[str], Cause, str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), cause, detail)
+    for pattern, cause, detail in (
+        (
+            r"SignatureDoesNotMatch|InvalidAccessKeyId|signature we calculated|"
+            r"Access Key Id you provided",
+            FAILED_TO_SET_ALIAS,
+            "credentials rejected",
+        ),
+        (
+            r"connection refused|no such host|i/o timeout|dial tcp|connection reset|"
+            r"server misbehaving|certificate|tls:|Invalid arguments provided|"
+            r"network is unreachable|EOF$",
+            FAILED_TO_SET_ALIAS,
+            "endpoint unreachable",
+        ),
+        (r"Unable to stat source.*Bucket .* does not exist", UNABLE_TO_STAT_SOURCE, ""),
+        (r"Object does not exist|NoSuchKey|key does not exist", OBJECT_DOES_NOT_EXIST, ""),
+        (
+            r"AccessDenied|Access Denied|NoSuchBucket|bucket does not exist|Unable to initialize",
+            FAILED_TO_ACCESS_ALIAS,
+            "",
+        ),
+    )
+)
+
+
+def diagnose(text: str) -> tuple[Cause, str]:
+    """The seed cause for a failure's text, plus a short detail (may be empty)."""
+    for pattern, cause, detail in _RULES:
+        if pattern.search(text):
+            return cause, detail
+    return MC_FAILED, ""
