@@ -123,6 +123,10 @@ class Settings:
     slack_api_url: str | None = None
     rabbitmq_url: str = field(default="amqp://guest:guest@localhost:5672/%2F", repr=False)
     log_format: str = "text"
+    listener_mode: str = "stream"
+    webhook_token: str | None = field(default=None, repr=False)
+    webhook_address: tuple[str, int] = ("0.0.0.0", 8080)
+    metrics_address: tuple[str, int] = ("0.0.0.0", 9100)
 
     @property
     def slack_enabled(self) -> bool:
@@ -130,7 +134,8 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every secret value, so log output can be scrubbed of them."""
-        values = [self.source.secret_key, self.slack_token, self.rabbitmq_url]
+        values = [self.source.secret_key, self.slack_token, self.webhook_token]
+        values.append(rabbitmq_password(self.rabbitmq_url))
         if self.target:
             values.append(self.target.secret_key)
         return [v for v in values if v]
@@ -183,9 +188,7 @@ def parse_workers(name: str, value: str) -> int | None:
 def parse_url(name: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
-        raise ConfigError(
-            name, value, "a URL with scheme and host (example: http://minio:9000)"
-        )
+        raise ConfigError(name, value, "a URL with scheme and host (example: http://minio:9000)")
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
@@ -301,6 +304,10 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
             "RABBITMQ_URL", parse_amqp_url, "amqp://guest:guest@localhost:5672/%2F"
         ),
         log_format=env.get("MIRROR_LOG_FORMAT", parse_choice("text", "json"), "text"),
+        listener_mode=env.get("LISTENER_MODE", parse_choice("stream", "webhook"), "stream"),
+        webhook_token=env.raw("WEBHOOK_AUTH_TOKEN"),
+        webhook_address=env.get("WEBHOOK_ADDRESS", parse_address, ("0.0.0.0", 8080)),
+        metrics_address=env.get("METRICS_ADDRESS", parse_address, ("0.0.0.0", 9100)),
     )
 
 
@@ -309,3 +316,14 @@ def parse_url_with_path(name: str, value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(name, value, "a URL (example: https://slack.com/api/)")
     return value if value.endswith("/") else value + "/"
+
+
+def parse_address(name: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(name, value, "a listen address host:port (example: 0.0.0.0:8080)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def rabbitmq_password(url: str) -> str | None:
+    return urlsplit(url).password

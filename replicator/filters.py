@@ -52,15 +52,20 @@ class KeyFilter:
         if not self.scope:
             return key
         if key.startswith(self.scope + "/"):
-            return key[len(self.scope) :]
+            return key[len(self.scope) + 1 :]
         return None
-
-    def excluded(self, key: str) -> bool:
-        suffix = self.suffix(key)
-        return suffix is not None and any(p.fullmatch(suffix.encode()) for p in self._patterns)
 
     def accepts(self, key: str) -> bool:
         suffix = self.suffix(key)
         if suffix is None:
             return False
         return not any(p.fullmatch(suffix.encode()) for p in self._patterns)
+
+
+def pairs_for(settings: Settings, bucket: str, key: str) -> list[BucketPair]:
+    """Every pair that replicates this source object (a bucket may feed several pairs)."""
+    return [
+        pair
+        for pair in settings.pairs
+        if pair.source_bucket == bucket and KeyFilter.for_pair(settings, pair).accepts(key)
+    ]

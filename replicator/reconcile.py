@@ -300,4 +300,3 @@ def reconcile(settings: Settings) -> RunResult:
         pairs=results,
         duration_s=time.monotonic() - started,
     )
-
