@@ -1,0 +1,140 @@
+"""Configuration parsing: seed variables, defaults and the exit-2 messages."""
+
+import pytest
+
+from replicator import config
+from replicator.config import BucketPair, ConfigError
+
+BASE = {
+    "MINIO_URL": "http://minio:9000",
+    "MINIO_ACCESS_KEY": "minioadmin",
+    "MINIO_SECRET_KEY": "s3cr3t-minio",
+    "AWS_URL": "https://s3.ap-northeast-2.amazonaws.com",
+    "AWS_ACCESS_KEY": "AKIAXXXX",
+    "AWS_SECRET_KEY": "s3cr3t-aws",
+    "BUCKET_PAIR": "minio/source:aws/destination",
+}
+
+
+def load(**overrides):
+    env = {**BASE, **overrides}
+    return config.load({k: v for k, v in env.items() if v is not None})
+
+
+def error(**overrides) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(**overrides)
+    return str(info.value)
+
+
+def test_seed_defaults():
+    s = load()
+    assert s.service == "minio-s3-mirror"
+    assert s.pairs == (BucketPair("source", "destination"),)
+    assert (s.dry_run, s.skip_errors, s.debug, s.overwrite) == (False, True, False, True)
+    assert (s.max_workers, s.max_pairs, s.prefix, s.exclude) == (None, 3, "", ())
+    assert not s.slack_enabled
+    assert s.source.url == "http://minio:9000" and not s.source.secure
+    assert s.target.secure and s.target.netloc == "s3.ap-northeast-2.amazonaws.com"
+
+
+def test_seed_options():
+    s = load(
+        SERVICE="myservice",
+        MIRROR_EXCLUDE="*.tmp, *.log,.DS_Store,",
+        MIRROR_MAX_WORKERS="10",
+        MIRROR_DRY_RUN="TRUE",
+        MIRROR_SKIP_ERRORS="false",
+        MIRROR_DEBUG="yes",
+        MIRROR_PREFIX="/2025/01/22/",
+        MIRROR_OVERWRITE="0",
+        MIRROR_MAX_PAIRS="5",
+        SLACK_BOT_TOKEN="xoxb-1",
+        SLACK_CHANNEL_ID="C1",
+    )
+    assert s.service == "myservice"
+    assert s.exclude == ("*.tmp", "*.log", ".DS_Store")
+    assert (s.max_workers, s.dry_run, s.skip_errors, s.debug) == (10, True, False, True)
+    assert (s.prefix, s.overwrite, s.max_pairs) == ("2025/01/22", False, 5)
+    assert s.slack_enabled
+
+
+def test_max_workers_auto_and_empty_values_mean_default():
+    assert load(MIRROR_MAX_WORKERS="auto").max_workers is None
+    assert load(MIRROR_MAX_WORKERS="", MIRROR_DRY_RUN="  ").dry_run is False
+
+
+def test_pairs_with_paths_and_both_variables():
+    s = load(
+        BUCKET_PAIR="minio/src/in/coming:aws/dst/archive/",
+        BUCKET_PAIRS="minio/aaa:aws/bbb; minio/src/in/coming:aws/dst/archive ;minio/ccc:aws/ddd;",
+    )
+    assert s.pairs == (
+        BucketPair("src", "dst", "in/coming", "archive"),
+        BucketPair("aaa", "bbb"),
+        BucketPair("ccc", "ddd"),
+    )
+    assert str(s.pairs[0]) == "minio/src/in/coming:aws/dst/archive"
+
+
+def test_pair_prefix_and_key_mapping():
+    pair = BucketPair("src", "dst", "in", "out/x")
+    assert pair.source_prefix("2025/01/22") == "in/2025/01/22"
+    assert pair.target_prefix("2025/01/22") == "out/x/2025/01/22"
+    assert pair.target_key("in/2025/a b.txt") == "out/x/2025/a b.txt"
+    assert BucketPair("s", "d").target_key("k") == "k"
+
+
+def test_missing_required_variable():
+    assert error(MINIO_URL=None) == ("MINIO_URL: not set; expected a URL like http://minio:9000")
+    assert error(BUCKET_PAIR=None).startswith("BUCKET_PAIR: not set; expected BUCKET_PAIR or")
+
+
+@pytest.mark.parametrize("value", ["minio/a", "minio/source", "source:destination", "minio/:aws/x"])
+def test_malformed_pair(value):
+    assert error(BUCKET_PAIR=value) == (
+        f'BUCKET_PAIR: "{value}" is not <alias>/<bucket>[/path]:<alias>/<bucket>[/path]'
+        " (example: minio/source:aws/destination)"
+    )
+
+
+def test_wrong_alias():
+    assert "the left (source) alias must be 'minio'" in error(BUCKET_PAIR="s3/a1b:aws/dst")
+    message = error(BUCKET_PAIRS="minio/a1b:aws/b2c;minio/x1y:s3/dst")
+    assert message.startswith('BUCKET_PAIRS: "minio/x1y:s3/dst" is not valid: the right (target)')
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("MIRROR_DRY_RUN", "maybe", "a boolean (true or false)"),
+        ("MIRROR_SKIP_ERRORS", "2", "a boolean (true or false)"),
+        ("MIRROR_MAX_WORKERS", "ten", "a positive integer (example: 10)"),
+        ("MIRROR_MAX_WORKERS", "0", "a positive integer (example: 10)"),
+        ("MIRROR_MAX_PAIRS", "-1", "a positive integer (example: 10)"),
+        ("MINIO_URL", "minio:9000", "a URL with scheme and host (example: http://minio:9000)"),
+        ("AWS_URL", "ftp://x", "a URL with scheme and host (example: http://minio:9000)"),
+        ("MIRROR_LOG_FORMAT", "xml", "one of: text, json"),
+        ("WEBHOOK_ADDRESS", "8080", "a listen address host:port (example: 0.0.0.0:8080)"),
+    ],
+)
+def test_bad_values_name_variable_value_and_form(name, value, expected):
+    assert error(**{name: value}) == f'{name}: "{value}" is not {expected}'
+
+
+def test_secrets_are_masked_in_errors():
+    message = error(RABBITMQ_URL="http://guest:hunter2@rabbit/")
+    assert "hunter2" not in message and message.startswith('RABBITMQ_URL: "****" is not')
+
+
+def test_secrets_list_for_log_scrubbing():
+    s = load(SLACK_BOT_TOKEN="xoxb-token", RABBITMQ_URL="amqp://u:rabbitpw@h:5672/%2F")
+    assert set(s.secrets()) == {"s3cr3t-minio", "s3cr3t-aws", "xoxb-token", "rabbitpw"}
+    assert "s3cr3t" not in repr(s)
+
+
+def test_ca_bundle_must_exist(tmp_path):
+    assert error(MIRROR_CA_BUNDLE=str(tmp_path / "none.pem")).startswith("MIRROR_CA_BUNDLE:")
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("x")
+    assert load(MIRROR_CA_BUNDLE=str(bundle), MIRROR_TLS_VERIFY="false").ca_bundle == str(bundle)
