@@ -3,7 +3,6 @@
 from replicator.config import BucketPair
 from replicator.filters import KeyFilter
 
-
 PAIR = BucketPair("src", "dst")
 
 
