@@ -1,0 +1,386 @@
+"""The real local stack: two MinIO servers, a private RabbitMQ node and a fake Slack.
+
+Used by the pytest fixtures, `make demo` and the benchmarks. Everything listens on
+loopback ports chosen at start; data lives in temporary directories.
+Run `python deploy/local/stack.py up` to start it in the foreground.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("MIRROR_CACHE_DIR", REPO / ".cache"))
+BIN = CACHE / "bin"
+# Debian's /usr/sbin wrappers switch to the rabbitmq user; a private node runs as us.
+RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll predicate until it returns something truthy, or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def binary(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make test` or `make install` first")
+    return str(path)
+
+
+class MinioServer:
+    """One MinIO server on a loopback port with its own data dir."""
+
+    def __init__(self, name: str, root: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.dir = root / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.access_key = f"{name}-admin"
+        self.secret_key = f"{name}-{secrets.token_hex(8)}"
+        self.port = free_port()
+        self.extra_env = dict(extra_env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _live(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/minio/health/live", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> MinioServer:
+        env = {
+            **os.environ,
+            "MINIO_ROOT_USER": self.access_key,
+            "MINIO_ROOT_PASSWORD": self.secret_key,
+            "MINIO_UPDATE": "off",
+            "MINIO_BROWSER": "off",
+            **self.extra_env,
+        }
+        log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [
+                binary("minio"),
+                "server",
+                "--quiet",
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--console-address",
+                f"127.0.0.1:{free_port()}",
+                str(self.dir / "data"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        wait_until(self._live, 60, f"MinIO {self.name} on {self.url}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> MinioServer:
+        self.stop()
+        return self.start()
+
+    def client(self):  # boto3 is a test dependency; imported here to keep start-up light
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"max_attempts": 2, "mode": "standard"},
+            ),
+        )
+
+
+class RabbitNode:
+    """A private RabbitMQ node (Debian's rabbitmq-server) on free ports."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "rabbitmq"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.node = f"mirror-{secrets.token_hex(4)}@localhost"
+        self.proc: subprocess.Popen[bytes] | None = None
+        for sub in ("mnesia", "log"):
+            (self.dir / sub).mkdir(exist_ok=True)
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq.conf").write_text(
+            "loopback_users = none\n"
+            # A long copy must not be cut off by the default 30 min consumer timeout.
+            "consumer_timeout = 86400000\n"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "HOME": str(self.dir),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.dir / "node.pid"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(self.dir / "feature_flags"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": str(self.dir / "plugins-expand"),
+            "RABBITMQ_QUORUM_DIR": str(self.dir / "mnesia" / "quorum"),
+        }
+
+    def _ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(RABBIT_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def _accepts(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            tail = (self.dir / "server.out").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"RabbitMQ node {self.node} exited:\n{tail}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def start(self) -> RabbitNode:
+        server = RABBIT_BIN / "rabbitmq-server"
+        if not server.exists():
+            raise FileNotFoundError(f"{server} is missing: run `make test` or `make install`")
+        log = open(self.dir / "server.out", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [str(server)],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        wait_until(self._accepts, 120, f"RabbitMQ node {self.node}")
+        wait_until(
+            lambda: self._ctl("await_startup").returncode == 0, 120, "RabbitMQ startup"
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self._ctl("stop")
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> RabbitNode:
+        self.stop()
+        return self.start()
+
+
+class FakeSlack:
+    """A local Slack Web API: records chat.postMessage / auth.test calls."""
+
+    def __init__(self, token: str = "xoxb-fake-token") -> None:
+        self.token = token
+        self.calls: list[dict] = []
+        self.fail_with: str | None = None  # a Slack error code, or "http500"
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+
+    def start(self) -> FakeSlack:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls.clear()
+            self.fail_with = None
+
+    def messages(self) -> list[dict]:
+        with self.lock:
+            return [c["params"] for c in self.calls if c["method"] == "chat.postMessage"]
+
+    def _answer(self, method: str, token: str, params: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.calls.append({"method": method, "token": token, "params": params})
+            failure = self.fail_with
+        if failure == "http500":
+            return 500, {"ok": False, "error": "internal_error"}
+        if failure:
+            return 200, {"ok": False, "error": failure}
+        if token != self.token:
+            return 200, {"ok": False, "error": "invalid_auth"}
+        if method == "auth.test":
+            return 200, {"ok": True, "team": "fake", "user": "mirror-bot", "user_id": "U1"}
+        if method == "chat.postMessage":
+            return 200, {"ok": True, "channel": params.get("channel"), "ts": f"{time.time():.6f}"}
+        return 200, {"ok": False, "error": "unknown_method"}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length).decode()
+                if "json" in (self.headers.get("Content-Type") or ""):
+                    params = json.loads(raw or "{}")
+                else:
+                    params = dict(parse_qsl(raw))
+                for name in ("blocks", "attachments"):
+                    if isinstance(params.get(name), str):
+                        params[name] = json.loads(params[name])
+                auth = self.headers.get("Authorization", "")
+                token = auth.removeprefix("Bearer ") or params.pop("token", "")
+                method = self.path.rsplit("/", 1)[-1]
+                status, body = fake._answer(method, token, params)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+class Stack:
+    """Source and target MinIO, fake Slack, and (on request) RabbitMQ."""
+
+    def __init__(self, *, rabbitmq: bool = False, root: Path | None = None) -> None:
+        self.root = root or Path(tempfile.mkdtemp(prefix="minio-s3-mirror-stack-"))
+        self.source = MinioServer("source", self.root)
+        self.target = MinioServer("target", self.root)
+        self.slack = FakeSlack()
+        self.rabbit = RabbitNode(self.root) if rabbitmq else None
+
+    def start(self) -> Stack:
+        self.source.start()
+        self.target.start()
+        self.slack.start()
+        if self.rabbit:
+            self.rabbit.start()
+        return self
+
+    def stop(self) -> None:
+        for part in (self.rabbit, self.source, self.target, self.slack):
+            if part:
+                part.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def env(self) -> dict[str, str]:
+        """The project's environment variables for this stack."""
+        env = {
+            "MINIO_URL": self.source.url,
+            "MINIO_ACCESS_KEY": self.source.access_key,
+            "MINIO_SECRET_KEY": self.source.secret_key,
+            "AWS_URL": self.target.url,
+            "AWS_ACCESS_KEY": self.target.access_key,
+            "AWS_SECRET_KEY": self.target.secret_key,
+            "AWS_REGION": "us-east-1",
+            "SLACK_BOT_TOKEN": self.slack.token,
+            "SLACK_CHANNEL_ID": "C0FAKE",
+            "SLACK_API_URL": self.slack.url,
+        }
+        if self.rabbit:
+            env["RABBITMQ_URL"] = self.rabbit.url
+        return env
+
+
+def main() -> None:
+    if sys.argv[1:] != ["up"]:
+        sys.exit("usage: stack.py up   (starts the stack until Ctrl-C)")
+    stack = Stack(rabbitmq=True).start()
+    for name, value in stack.env().items():
+        print(f"export {name}='{value}'")
+    print(f"export PATH='{BIN}':$PATH", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
