@@ -223,9 +223,7 @@ class RabbitNode:
         )
         log.close()
         wait_until(self._accepts, 120, f"RabbitMQ node {self.node}")
-        wait_until(
-            lambda: self._ctl("await_startup").returncode == 0, 120, "RabbitMQ startup"
-        )
+        wait_until(lambda: self._ctl("await_startup").returncode == 0, 120, "RabbitMQ startup")
         return self
 
     def stop(self) -> None:
@@ -295,7 +293,7 @@ class FakeSlack:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode()
                 if "json" in (self.headers.get("Content-Type") or ""):

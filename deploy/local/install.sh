@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what the tests, demo and benchmarks need, only where it is missing:
+# the pinned minio and mc (go install, cached), Debian packages, the virtualenv.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cache=${MIRROR_CACHE_DIR:-$repo/.cache}
+# shellcheck source=../versions.env
+source "$repo/deploy/versions.env"
+
+go_binary() {  # name module version
+  local name=$1 module=$2 version=$3 stamp="$cache/bin/.$1.version"
+  if [[ -x $cache/bin/$name && -f $stamp && $(cat "$stamp") == "$version" ]]; then
+    return
+  fi
+  echo "install: building $name $version with go install (first time takes a few minutes)"
+  mkdir -p "$cache/bin"
+  GOBIN="$cache/bin" GOFLAGS=-mod=mod CGO_ENABLED=0 go install "$module@$version"
+  "$cache/bin/$name" --version >/dev/null
+  echo "$version" >"$stamp"
+}
+
+debian_packages() {
+  local missing=()
+  [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || missing+=(rabbitmq-server)
+  command -v kubectl >/dev/null || missing+=(kubectl)
+  ((${#missing[@]})) || return 0
+  echo "install: Debian packages ${missing[*]}"
+  local sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+  # Debian starts a system node on install; the tests run private nodes instead.
+  "${sudo[@]}" /usr/sbin/rabbitmqctl stop >/dev/null 2>&1 || true
+}
+
+virtualenv() {
+  local venv=$repo/.venv want have=""
+  want=$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)
+  [[ -f $venv/.pyproject.sha256 ]] && have=$(cat "$venv/.pyproject.sha256")
+  [[ -x $venv/bin/python && $have == "$want" ]] && return
+  echo "install: virtualenv $venv with the project and its test dependencies"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -e "$repo[test]"
+  echo "$want" >"$venv/.pyproject.sha256"
+}
+
+go_binary minio github.com/minio/minio "$MINIO_VERSION"
+go_binary mc github.com/minio/mc "$MC_VERSION"
+debian_packages
+virtualenv
