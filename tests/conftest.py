@@ -1,0 +1,93 @@
+"""Fixtures on the real local stack (deploy/local/stack.py): no mocks on the replication path."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+
+import stack as local_stack  # noqa: E402
+
+CLI = str(Path(sys.executable).with_name("minio-s3-mirror"))
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[local_stack.Stack]:
+    """Source and target MinIO plus the fake Slack, for the whole session."""
+    running = local_stack.Stack().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbit(stack: local_stack.Stack) -> Iterator[local_stack.RabbitNode]:
+    """A private RabbitMQ node (started once, only for tests that ask for it)."""
+    node = local_stack.RabbitNode(stack.root).start()
+    stack.rabbit = node
+    yield node
+    node.stop()
+    stack.rabbit = None
+
+
+@pytest.fixture
+def slack(stack: local_stack.Stack) -> local_stack.FakeSlack:
+    stack.slack.reset()
+    return stack.slack
+
+
+def empty_bucket(client, bucket: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+
+
+@pytest.fixture
+def buckets(stack: local_stack.Stack) -> Iterator[Callable[[str], str]]:
+    """make(side) creates a fresh bucket on "source" or "target"; all are removed after."""
+    made: list[tuple[object, str]] = []
+
+    def make(side: str) -> str:
+        client = getattr(stack, side).client()
+        name = f"{side[:3]}-{os.getpid()}-{next(_names)}"
+        client.create_bucket(Bucket=name)
+        made.append((client, name))
+        return name
+
+    yield make
+    for client, name in made:
+        empty_bucket(client, name)
+        client.delete_bucket(Bucket=name)
+
+
+def base_env(stack: local_stack.Stack) -> dict[str, str]:
+    """A clean environment: the stack's variables, mc on PATH, nothing from the caller."""
+    env = {
+        "PATH": f"{local_stack.BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+    }
+    return {**env, **stack.env()}
+
+
+@pytest.fixture
+def run_cli(stack: local_stack.Stack) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """run_cli(*args, env={...}) runs the real console script; None in env unsets a variable."""
+
+    def run(*args: str, env: dict[str, str | None], timeout: float = 300):
+        full = base_env(stack)
+        full.update(env)
+        full = {k: v for k, v in full.items() if v is not None}
+        return subprocess.run(
+            [CLI, *args], env=full, capture_output=True, text=True, timeout=timeout
+        )
+
+    return run
