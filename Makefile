@@ -21,7 +21,7 @@ demo: install
 	$(VENV)/python deploy/local/demo.py
 
 bench: install
-	$(VENV)/python tests/benchmarks/run.py
+	$(VENV)/python tests/benchmarks/run.py $(SCENARIOS)
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache
