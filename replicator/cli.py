@@ -76,5 +76,60 @@ def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
     sys.exit(0 if run.ok else EXIT_FAILED)
 
 
+def copy_threads(settings: config.Settings) -> int:
+    """MIRROR_MAX_WORKERS, or (auto) four per CPU: copies wait on the network, not the CPU."""
+    return settings.max_workers or min(16, 4 * (os.cpu_count() or 1))
+
+
+@main.command()
+@click.option(
+    "--mode",
+    type=click.Choice(["stream", "webhook"]),
+    default=None,
+    help="Ingest mode (LISTENER_MODE; default stream).",
+)
+def listen(mode: str | None) -> None:
+    """Turn MinIO bucket notifications into tasks on RabbitMQ.
+
+    stream: MinIO's ListenBucketNotification API (no server setup; lossy while
+    disconnected). webhook: an HTTP endpoint for MinIO's webhook target on
+    WEBHOOK_ADDRESS, requiring WEBHOOK_AUTH_TOKEN (at-least-once with queue_dir).
+    """
+    import signal
+    import threading
+
+    settings = load_settings({"LISTENER_MODE": mode}, need_target=False)
+    if settings.listener_mode == "webhook" and not settings.webhook_token:
+        click.echo(
+            "configuration error: WEBHOOK_AUTH_TOKEN: not set; expected the bearer token "
+            "MinIO sends (MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_<id>)",
+            err=True,
+        )
+        sys.exit(EXIT_CONFIG)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if settings.listener_mode == "webhook":
+        from listener import webhook as ingest
+    else:
+        from listener import stream as ingest
+    log.info("listener starting in %s mode", settings.listener_mode)
+    ingest.serve(settings, stop)
+
+
+@main.command()
+def work() -> None:
+    """Copy queued objects to the target (MIRROR_MAX_WORKERS copy threads).
+
+    Acks a task only after the copy is verified; transient errors are retried,
+    permanent ones go to the dead-letter queue with their reason. SIGTERM drains.
+    """
+    from .worker import Worker
+
+    settings = load_settings()
+    threads = copy_threads(settings)
+    Worker(settings, concurrency=threads).run()
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,44 @@
+"""From tasks to RabbitMQ: scope filtering and confirmed publishing, shared by both modes."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+from replicator.broker import Publisher, PublishFailed
+from replicator.config import Settings
+from replicator.filters import pairs_for
+from replicator.task import Task
+
+log = logging.getLogger(__name__)
+
+
+class TaskSink:
+    def __init__(self, settings: Settings, *, name: str) -> None:
+        self.settings = settings
+        self.publisher = Publisher(settings.rabbitmq_url, name=name)
+
+    def in_scope(self, task: Task) -> bool:
+        return bool(pairs_for(self.settings, task.bucket, task.key))
+
+    def publish(self, task: Task) -> None:
+        """Publish and wait for the broker's confirm; raises PublishFailed."""
+        self.publisher.publish(task.to_json())
+        log.info("queued", extra={"bucket": task.bucket, "key": task.key, "origin": task.origin})
+
+    def publish_patiently(self, task: Task, stop: threading.Event) -> bool:
+        """Publish, waiting out a RabbitMQ outage (the caller stops reading meanwhile)."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.publish(task)
+                return True
+            except PublishFailed as exc:
+                log.warning("cannot publish yet (%s); retrying in %.1fs", exc, delay)
+                stop.wait(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 15)
+        return False
+
+    def close(self) -> None:
+        self.publisher.close()

@@ -1,0 +1,210 @@
+"""The replicator worker: tasks from RabbitMQ -> copy engine -> ack.
+
+pika is not thread-safe: the main thread owns the connection and does all channel
+work (consume, ack, publish); copy threads hand results back through
+`add_callback_threadsafe`. Prefetch equals the number of copy threads, so a worker
+never holds more messages than it can work on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+
+import pika
+import tenacity
+
+from . import broker, events, topology
+from .config import Settings
+from .copier import Copier, Outcome
+from .errors import CopyError, Kind
+from .task import MalformedTask, Task, from_dict
+
+log = logging.getLogger(__name__)
+
+ATTEMPT = "x-mirror-attempt"  # delayed retries spent so far
+ERROR = "x-mirror-error"
+FIRST_FAILURE = "x-mirror-first-failure"
+LAST_FAILURE = "x-mirror-last-failure"
+IN_PROCESS_ATTEMPTS = 3
+OUTAGE_PROBE_S = (1, 10)  # first and longest wait between probes of a down target
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def parse(body: bytes) -> list[Task]:
+    """Our task, or MinIO's own event body (its AMQP target); else MalformedTask."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedTask(f"message is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MalformedTask("message is not a JSON object")
+    if events.is_event_body(data):
+        return events.tasks_from_body(data, origin="amqp")
+    return [from_dict(data)]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What to do with one delivery once its copy thread is done."""
+
+    action: str  # "ack" | "retry" | "dead"
+    reason: str = ""
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, concurrency: int) -> None:
+        self.settings = settings
+        self.concurrency = concurrency
+        self.copier = Copier(settings, pool=concurrency * 2 + 2)
+        self.stopping = threading.Event()
+        self.outage = threading.Lock()  # one thread probes a down target; the rest wait
+        self.in_flight = 0
+
+    # ---- copy threads -------------------------------------------------------------
+
+    def work(self, body: bytes, attempt: int) -> Result:
+        try:
+            tasks = parse(body)
+        except MalformedTask as exc:
+            return Result("dead", f"malformed task: {exc}")
+        reasons = []
+        for task in tasks:
+            try:
+                outcome = self._copy_through_outage(task)
+            except CopyError as exc:
+                if exc.kind is Kind.MOOT:
+                    self._log(task, attempt, "skipped", exc.reason)
+                    continue
+                self._log(task, attempt, "failed", exc.reason)
+                kind = "dead" if exc.kind is Kind.PERMANENT else "retry"
+                return Result(kind, exc.reason)
+            self._log(task, attempt, "copied" if outcome.copied else "skipped", outcome.reason)
+            reasons.append(outcome.reason)
+        return Result("ack", ", ".join(reasons))
+
+    def _copy_through_outage(self, task: Task) -> Outcome:
+        """Retry transient errors a few times; while the target is down, wait for it."""
+        while True:
+            try:
+                return self._copy_with_retries(task)
+            except CopyError as exc:
+                if not (exc.unreachable and exc.side == "target") or self.stopping.is_set():
+                    raise
+            self._wait_for_target()
+
+    def _copy_with_retries(self, task: Task) -> Outcome:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT
+            ),
+            stop=tenacity.stop_after_attempt(IN_PROCESS_ATTEMPTS),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=3),
+            reraise=True,
+        )
+        return retrying(self.copier.copy, task)
+
+    def _wait_for_target(self) -> None:
+        with self.outage:
+            delay = OUTAGE_PROBE_S[0]
+            while not self.stopping.is_set() and not self.copier.probe_target():
+                log.warning("target unreachable: holding work, next probe in %ss", delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, OUTAGE_PROBE_S[1])
+
+    def _log(self, task: Task, attempt: int, what: str, reason: str) -> None:
+        level = logging.WARNING if what == "failed" else logging.INFO
+        extra = {"bucket": task.bucket, "key": task.key, "origin": task.origin, "attempt": attempt}
+        log.log(level, "%s: %s", what, reason, extra={**extra, "outcome": what})
+
+    # ---- the connection thread ----------------------------------------------------
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="copy") as pool:
+            delay = 1.0
+            while not self.stopping.is_set():
+                try:
+                    self._consume(pool)
+                    delay = 1.0
+                except pika.exceptions.AMQPError as exc:
+                    log.warning("RabbitMQ connection lost (%r); reconnecting in %.0fs", exc, delay)
+                    self.stopping.wait(delay * random.uniform(0.5, 1.5))
+                    delay = min(delay * 2, 30)
+        log.info("worker stopped")
+
+    def _consume(self, pool: ThreadPoolExecutor) -> None:
+        connection = broker.connect(self.settings.rabbitmq_url, name="minio-s3-mirror worker")
+        try:
+            channel = connection.channel()
+            topology.declare(channel)
+            channel.confirm_delivery()
+            channel.basic_qos(prefetch_count=self.concurrency)
+            on_message = partial(self._on_message, connection, pool)
+            tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
+            log.info("consuming %s with %d copy threads", topology.WORK_QUEUE, self.concurrency)
+            while not self.stopping.is_set():
+                connection.process_data_events(time_limit=1)
+            # Drain: take no more, let in-flight copies finish and be acked.
+            channel.basic_cancel(tag)
+            while self.in_flight:
+                connection.process_data_events(time_limit=0.2)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _on_message(self, connection, pool, channel, method, properties, body) -> None:
+        attempt = int((properties.headers or {}).get(ATTEMPT, 0))
+        self.in_flight += 1
+        future = pool.submit(self.work, body, attempt)
+
+        def done(f: Future[Result]) -> None:
+            callback = partial(self._finish, channel, method, properties, body, attempt, f)
+            try:
+                connection.add_callback_threadsafe(callback)
+            except Exception:  # connection gone: RabbitMQ redelivers the message
+                self.in_flight -= 1
+
+        future.add_done_callback(done)
+
+    def _finish(self, channel, method, properties, body, attempt, future) -> None:
+        self.in_flight -= 1
+        try:
+            result = future.result()
+        except Exception as exc:  # a bug, not a copy failure: keep the message safe
+            log.exception("copy thread crashed")
+            result = Result("retry", f"worker error: {exc!r}")
+        if not channel.is_open:
+            return  # the delivery tag died with the channel; RabbitMQ redelivers
+        headers = dict(properties.headers or {})
+        headers.setdefault(FIRST_FAILURE, now())
+        headers.update({ERROR: result.reason[:1000], LAST_FAILURE: now()})
+        if result.action == "retry" and attempt < len(topology.RETRY_TIERS_S):
+            headers[ATTEMPT] = attempt + 1
+            self._republish(
+                channel, topology.EXCHANGE, topology.retry_route(attempt + 1), body, headers
+            )
+        elif result.action != "ack":
+            log.error("dead-lettered after %d delayed retries: %s", attempt, result.reason)
+            self._republish(channel, topology.DLX, "", body, headers)
+        channel.basic_ack(method.delivery_tag)
+
+    @staticmethod
+    def _republish(channel, exchange: str, route: str, body: bytes, headers: dict) -> None:
+        properties = pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent,
+            content_type="application/json",
+            headers=headers,
+        )
+        channel.basic_publish(exchange, route, body, properties, mandatory=True)
