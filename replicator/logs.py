@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable
 
 # Fields a log call may pass in `extra=` that JSON lines carry as their own keys.
-CONTEXT_FIELDS = ("pair", "bucket", "key", "origin", "attempt", "outcome")
+CONTEXT_FIELDS = ("pair", "bucket", "key", "origin", "attempt", "outcome", "latency_s")
 
 
 class Scrubber(logging.Filter):

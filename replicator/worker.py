@@ -2,8 +2,8 @@
 
 pika is not thread-safe: the main thread owns the connection and does all channel
 work (consume, ack, publish); copy threads hand results back through
-`add_callback_threadsafe`. Prefetch equals the number of copy threads, so a worker
-never holds more messages than it can work on.
+`add_callback_threadsafe`. Prefetch is twice the number of copy threads, so a worker
+never holds more than one waiting message per thread.
 """
 
 from __future__ import annotations
@@ -52,6 +52,15 @@ def parse(body: bytes) -> list[Task]:
     if events.is_event_body(data):
         return events.tasks_from_body(data, origin="amqp")
     return [from_dict(data)]
+
+
+def replication_latency(task: Task) -> float | None:
+    """Seconds from the source event to the verified copy (events carry their time)."""
+    try:
+        event_time = datetime.fromisoformat(task.event_time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (datetime.now(UTC) - event_time).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,9 @@ class Worker:
     def _log(self, task: Task, attempt: int, what: str, reason: str) -> None:
         level = logging.WARNING if what == "failed" else logging.INFO
         extra = {"bucket": task.bucket, "key": task.key, "origin": task.origin, "attempt": attempt}
+        latency = replication_latency(task) if what == "copied" else None
+        if latency is not None:
+            extra["latency_s"] = round(latency, 3)
         log.log(level, "%s: %s", what, reason, extra={**extra, "outcome": what})
 
     # ---- the connection thread ----------------------------------------------------
@@ -150,7 +162,8 @@ class Worker:
             channel = connection.channel()
             topology.declare(channel)
             channel.confirm_delivery()
-            channel.basic_qos(prefetch_count=self.concurrency)
+            # One waiting message per thread hides the ack/deliver round trip.
+            channel.basic_qos(prefetch_count=self.concurrency * 2)
             on_message = partial(self._on_message, connection, pool)
             tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
             log.info("consuming %s with %d copy threads", topology.WORK_QUEUE, self.concurrency)
