@@ -9,6 +9,7 @@ import threading
 import pytest
 import stack as local_stack
 
+from replicator import topology
 from tests.integration.conftest import AMQP_ARN, WEBHOOK_ARN, dead_letters
 from tests.integration.test_pipeline import (
     assert_identical,
@@ -114,4 +115,23 @@ def test_webhook_listener_restart_during_a_load(
 
     wait_for_keys(target, dst, set(objects), timeout=300)
     assert_identical(target, dst, objects)
+    assert dead_letters(rabbit) == []
+
+
+def test_sigterm_drains_the_copy_in_flight(
+    stack, notifying, source_bucket, buckets, procs, amqp, rabbit
+):
+    src, dst = source_bucket(AMQP_ARN), buckets("target")
+    worker = procs("work", **pair_env(src, dst))
+    big = {"large/drained.bin": (os.urandom(96 * 1024 * 1024), "application/zip", {})}
+    target = stack.target.client()
+
+    upload(notifying.client(), src, big)
+    local_stack.wait_until(
+        lambda: target.list_multipart_uploads(Bucket=dst).get("Uploads"), 120, "a copy under way"
+    )
+
+    assert worker.stop(signal.SIGTERM, timeout=120) == 0
+    assert_identical(target, dst, big)  # finished, not abandoned
+    assert amqp.queue_declare(topology.WORK_QUEUE, passive=True).method.message_count == 0
     assert dead_letters(rabbit) == []
