@@ -19,6 +19,10 @@ class TaskSink:
         self.settings = settings
         self.publisher = Publisher(settings.rabbitmq_url, name=name)
 
+    def reachable(self) -> bool:
+        """Readiness: RabbitMQ takes our connection (checked at most every few seconds)."""
+        return self.publisher.reachable()
+
     def in_scope(self, task: Task) -> bool:
         return bool(pairs_for(self.settings, task.bucket, task.key))
 

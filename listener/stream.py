@@ -12,6 +12,7 @@ import threading
 
 from minio import Minio
 
+from replicator import health
 from replicator.config import Settings
 from replicator.events import tasks_from_records
 from replicator.task import MalformedTask
@@ -72,6 +73,7 @@ def _tasks(event: dict) -> list:
 
 def serve(settings: Settings, stop: threading.Event) -> None:
     sink = TaskSink(settings, name="minio-s3-mirror listener (stream)")
+    health.serve(settings.metrics_address, sink.reachable)
     buckets = sorted({pair.source_bucket for pair in settings.pairs})
     threads = [
         threading.Thread(target=follow, args=(settings, sink, b, stop), daemon=True)

@@ -11,6 +11,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from replicator import health
 from replicator.broker import PublishFailed
 from replicator.config import Settings
 from replicator.events import tasks_from_body
@@ -87,6 +88,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def serve(settings: Settings, stop: threading.Event) -> None:
     sink = TaskSink(settings, name="minio-s3-mirror listener (webhook)")
+    health.serve(settings.metrics_address, sink.reachable)
     server = WebhookServer(settings, sink)
     host, port = server.server_address[:2]
     log.info("webhook listening on %s:%s", host, port)

@@ -71,6 +71,15 @@ class Publisher:
                 self.close()
                 raise PublishFailed(f"RabbitMQ unavailable: {exc!r}") from exc
 
+    def reachable(self) -> bool:
+        with self.lock:
+            try:
+                self._open()
+            except pika.exceptions.AMQPError:
+                self.close()
+                return False
+            return True
+
     def close(self) -> None:
         connection, self.connection, self.channel = self.connection, None, None
         if connection is not None and connection.is_open:

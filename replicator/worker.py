@@ -21,7 +21,7 @@ from functools import partial
 import pika
 import tenacity
 
-from . import broker, events, topology
+from . import broker, events, health, topology
 from .config import Settings
 from .copier import Copier, Outcome
 from .errors import CopyError, Kind
@@ -79,6 +79,7 @@ class Worker:
         self.stopping = threading.Event()
         self.outage = threading.Lock()  # one thread probes a down target; the rest wait
         self.in_flight = 0
+        self.consuming = threading.Event()  # readiness: connected and consuming
 
     # ---- copy threads -------------------------------------------------------------
 
@@ -142,6 +143,7 @@ class Worker:
     # ---- the connection thread ----------------------------------------------------
 
     def run(self) -> None:
+        health.serve(self.settings.metrics_address, self.consuming.is_set)
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="copy") as pool:
@@ -167,6 +169,7 @@ class Worker:
             on_message = partial(self._on_message, connection, pool)
             tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
             log.info("consuming %s with %d copy threads", topology.WORK_QUEUE, self.concurrency)
+            self.consuming.set()
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=1)
             # Drain: take no more, let in-flight copies finish and be acked.
@@ -174,6 +177,7 @@ class Worker:
             while self.in_flight:
                 connection.process_data_events(time_limit=0.2)
         finally:
+            self.consuming.clear()
             if connection.is_open:
                 connection.close()
 

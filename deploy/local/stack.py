@@ -129,15 +129,16 @@ class MinioServer:
         self.stop()
         return self.start()
 
-    def client(self):  # boto3 is a test dependency; imported here to keep start-up light
-        import boto3
+    def client(self, access_key: str | None = None, secret_key: str | None = None):
+        """A boto3 client, as root unless other credentials are given."""
+        import boto3  # imported here to keep start-up light
         from botocore.config import Config
 
         return boto3.client(
             "s3",
             endpoint_url=self.url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
             region_name="us-east-1",
             config=Config(
                 s3={"addressing_style": "path"},

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 
-from stack import BIN, Stack  # noqa: E402
+from stack import BIN, Stack, free_port  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("minio-s3-mirror"))
 ROUNDS = 3
@@ -52,6 +52,7 @@ def env_for(stack: Stack, **extra: str) -> dict[str, str]:
         **stack.env(),
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "SLACK_BOT_TOKEN": "",
+        "METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
         **extra,
     }
 
@@ -241,7 +242,7 @@ def bench_latency(stack: Stack) -> list[Row]:
 def latency_run(stack: Stack, queue_dir: bool) -> Row:
     import json
 
-    from stack import MinioServer, free_port
+    from stack import MinioServer
 
     port, token = free_port(), "bench-token"
     notify = {

@@ -163,6 +163,7 @@ def procs(stack, rabbit, notifying, tmp_path) -> Iterator[Callable[..., Proc]]:
             "RABBITMQ_URL": rabbit.url,
             "MIRROR_LOG_FORMAT": "json",
             "WEBHOOK_AUTH_TOKEN": WEBHOOK_TOKEN,
+            "METRICS_ADDRESS": f"127.0.0.1:{local_stack.free_port()}",
             **env,
         }
         proc = Proc(list(args), full, tmp_path / f"{args[0]}-{len(started)}.log").start()

@@ -86,3 +86,27 @@ def test_metadata_only_events_are_accepted_and_dropped(post, amqp):
     tagging = CAPTURED.with_name("webhook_put_tagging.json").read_bytes()
     assert post(tagging) == 200
     assert queued(amqp) == []
+
+
+def test_health_endpoints_of_a_running_listener(procs, amqp):
+    metrics = local_stack.free_port()
+    procs(
+        "listen",
+        "--mode",
+        "webhook",
+        BUCKET_PAIR="minio/cap:aws/cap-copy",
+        WEBHOOK_ADDRESS=f"127.0.0.1:{local_stack.free_port()}",
+        METRICS_ADDRESS=f"127.0.0.1:{metrics}",
+    )
+
+    def status(path: str) -> int | None:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", metrics, timeout=5)
+            connection.request("GET", path)
+            return connection.getresponse().status
+        except OSError:
+            return None
+
+    local_stack.wait_until(lambda: status("/healthz") == 200, 30, "/healthz")
+    local_stack.wait_until(lambda: status("/readyz") == 200, 30, "/readyz")
+    assert status("/metrics") == 200

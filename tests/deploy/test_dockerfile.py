@@ -1,0 +1,95 @@
+"""The Dockerfile, read with a real parser (no Docker engine here), and the seed's
+`docker run` examples against its entrypoint and default command."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+from dockerfile_parse import DockerfileParser
+
+from replicator.config import SECRET_VARIABLES
+from tests.deploy.conftest import REPO
+
+SEED = REPO.parent / "shared" / "seed" / "minio-s3-mirror.README.ko.md"
+
+
+def parsed() -> DockerfileParser:
+    parser = DockerfileParser()
+    parser.content = (REPO / "Dockerfile").read_text()
+    return parser
+
+
+def final_stage() -> list[dict]:
+    instructions = parsed().structure
+    last_from = max(i for i, ins in enumerate(instructions) if ins["instruction"] == "FROM")
+    return instructions[last_from:]
+
+
+def pins() -> dict[str, str]:
+    lines = (REPO / "deploy" / "versions.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def test_runs_as_a_non_root_user():
+    users = [ins["value"] for ins in final_stage() if ins["instruction"] == "USER"]
+    assert users, "the final stage sets no USER"
+    assert users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_entrypoint_and_default_command():
+    stage = final_stage()
+    entrypoint = [ins["value"] for ins in stage if ins["instruction"] == "ENTRYPOINT"][-1]
+    command = [ins["value"] for ins in stage if ins["instruction"] == "CMD"][-1]
+    assert json.loads(entrypoint) == ["minio-s3-mirror"]
+    assert json.loads(command) == ["reconcile"]
+
+
+def test_mc_is_built_from_the_version_the_tests_use():
+    args = dict(
+        ins["value"].split("=", 1) for ins in parsed().structure if ins["instruction"] == "ARG"
+    )
+    assert args["MC_VERSION"] == pins()["MC_VERSION"]
+    runs = [ins["value"] for ins in parsed().structure if ins["instruction"] == "RUN"]
+    assert any("go install" in run and "github.com/minio/mc@${MC_VERSION}" in run for run in runs)
+
+
+def test_nothing_secret_is_baked_in():
+    secretish = re.compile(r"SECRET|TOKEN|PASSWORD|ACCESS_KEY", re.IGNORECASE)
+    for ins in parsed().structure:
+        if ins["instruction"] in ("ENV", "ARG", "LABEL"):
+            name = ins["value"].split("=", 1)[0].split()[0]
+            assert name not in SECRET_VARIABLES and not secretish.search(name), ins
+
+
+def test_dockerignore_keeps_local_state_out():
+    ignored = (REPO / ".dockerignore").read_text().split()
+    for entry in (".git", ".venv", ".cache"):
+        assert any(line.strip("/") == entry for line in ignored), entry
+
+
+def seed_docker_runs() -> list[list[str]]:
+    """Every `docker run` command in the seed README's code blocks, continuations joined."""
+    text = SEED.read_text()
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL)
+    runs = []
+    for block in blocks:
+        # "# ... other variables" lines are the README's shorthand, not shell: drop them.
+        lines = [line for line in block.splitlines() if not line.lstrip().startswith("#")]
+        joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+        for line in joined.splitlines():
+            if "docker run" in line:
+                runs.append(shlex.split(line[line.index("docker run") :]))
+    return runs
+
+
+def test_seed_docker_runs_use_the_entrypoint_and_default_command(known_variables):
+    runs = seed_docker_runs()
+    assert runs, "no docker run found in the seed README"
+    for argv in runs:
+        # The image is the last word: nothing after it, so the default command runs.
+        assert argv[-1] == "minio-s3-mirror:latest", argv
+        names = [argv[i + 1].split("=", 1)[0] for i, word in enumerate(argv) if word == "-e"]
+        assert names, argv
+        assert set(names) <= known_variables, set(names) - known_variables
