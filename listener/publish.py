@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 
+from replicator import metrics
 from replicator.broker import Publisher, PublishFailed
 from replicator.config import Settings
 from replicator.filters import pairs_for
@@ -24,11 +25,13 @@ class TaskSink:
         return self.publisher.reachable()
 
     def in_scope(self, task: Task) -> bool:
+        metrics.EVENTS_RECEIVED.labels(task.origin).inc()
         return bool(pairs_for(self.settings, task.bucket, task.key))
 
     def publish(self, task: Task) -> None:
         """Publish and wait for the broker's confirm; raises PublishFailed."""
         self.publisher.publish(task.to_json())
+        metrics.TASKS_PUBLISHED.labels(task.origin).inc()
         log.info("queued", extra={"bucket": task.bucket, "key": task.key, "origin": task.origin})
 
     def publish_patiently(self, task: Task, stop: threading.Event) -> bool:

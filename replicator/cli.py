@@ -131,5 +131,101 @@ def work() -> None:
     Worker(settings, concurrency=threads).run()
 
 
+@main.command()
+@click.option("--prefix", default=None, help="Only this prefix in every pair (MIRROR_PREFIX).")
+@click.option(
+    "--pair", "pair_specs", multiple=True, help="Only this pair (minio/<b>:aws/<b>); repeatable."
+)
+@click.option("--direct", is_flag=True, help="Copy in this process instead of enqueueing.")
+@click.option("--dry-run", is_flag=True, help="Count what would be copied; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def backfill(
+    prefix: str | None, pair_specs: tuple[str, ...], direct: bool, dry_run: bool, as_json: bool
+) -> None:
+    """Enqueue (or copy) every object under a prefix that the target lacks.
+
+    Streams both listings, so memory stays flat for millions of keys. Objects already
+    current on the target are skipped. Exits 1 if anything failed.
+    """
+    import json
+
+    from . import backfill as engine
+
+    settings = load_settings({"MIRROR_PREFIX": prefix})
+    pairs = list(settings.pairs)
+    if pair_specs:
+        try:
+            chosen = [config.parse_pair("--pair", spec) for spec in pair_specs]
+        except config.ConfigError as exc:
+            click.echo(f"configuration error: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        unknown = [str(p) for p in chosen if p not in pairs]
+        if unknown:
+            click.echo(f"configuration error: --pair {unknown} is not configured", err=True)
+            sys.exit(EXIT_CONFIG)
+        pairs = chosen
+    reports = engine.Backfill(settings, direct=direct, dry_run=dry_run).run(pairs)
+    if as_json:
+        click.echo(json.dumps(engine.as_dicts(reports), ensure_ascii=False, indent=2))
+    else:
+        click.echo(engine.render(reports, direct=direct, dry_run=dry_run))
+    sys.exit(EXIT_FAILED if any(r.failed for r in reports) else 0)
+
+
+@main.group()
+def dlq() -> None:
+    """Look at, replay or empty the dead-letter queue."""
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the tasks as JSON.")
+def dlq_list(as_json: bool) -> None:
+    """Show every dead-lettered task: key, pair, reason, attempts, first and last failure."""
+    from . import dlq as parking
+
+    settings = load_settings(need_target=False)
+    with parking.browse(settings) as (_, parked):
+        rows = [item.describe(settings) for item in parked]
+    click.echo(parking.render(rows, as_json))
+
+
+@dlq.command("replay")
+@click.argument("keys", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Replay every dead-lettered task.")
+def dlq_replay(keys: tuple[str, ...], everything: bool) -> None:
+    """Put tasks (by object key, or --all) back on the work queue with a fresh budget."""
+    from . import dlq as parking
+
+    if bool(keys) == everything:
+        raise click.UsageError("give object keys or --all (not both)")
+    settings = load_settings(need_target=False)
+    count = parking.replay(settings, None if everything else set(keys))
+    click.echo(f"replayed {count} task(s)")
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(yes: bool) -> None:
+    """Delete every dead-lettered task (asks first unless --yes)."""
+    from . import dlq as parking
+
+    settings = load_settings(need_target=False)
+    if not yes:
+        click.confirm("Delete every task in the dead-letter queue?", abort=True)
+    click.echo(f"purged {parking.purge(settings)} task(s)")
+
+
+@main.command()
+@click.option("--read-only", is_flag=True, help="Do not write a probe object to the target.")
+def check(read_only: bool) -> None:
+    """Check configuration, source, target, RabbitMQ, Slack and mc; exit 1 on any failure."""
+    from . import check as checks
+
+    settings = load_settings()
+    results = checks.run(settings, read_only=read_only)
+    click.echo(checks.render(results))
+    sys.exit(EXIT_FAILED if any(c.status == "FAIL" for c in results) else 0)
+
+
 if __name__ == "__main__":
     main()

@@ -127,6 +127,7 @@ class Settings:
     webhook_token: str | None = field(default=None, repr=False)
     webhook_address: tuple[str, int] = ("0.0.0.0", 8080)
     metrics_address: tuple[str, int] = ("0.0.0.0", 9100)
+    digest_interval: int = 300
 
     @property
     def slack_enabled(self) -> bool:
@@ -308,6 +309,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         webhook_token=env.raw("WEBHOOK_AUTH_TOKEN"),
         webhook_address=env.get("WEBHOOK_ADDRESS", parse_address, ("0.0.0.0", 8080)),
         metrics_address=env.get("METRICS_ADDRESS", parse_address, ("0.0.0.0", 9100)),
+        digest_interval=env.get("MIRROR_DIGEST_INTERVAL", parse_positive_int, 300),
     )
 
 

@@ -13,6 +13,7 @@ import logging
 import random
 import signal
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,9 +22,10 @@ from functools import partial
 import pika
 import tenacity
 
-from . import broker, events, health, topology
+from . import broker, events, health, metrics, topology
 from .config import Settings
 from .copier import Copier, Outcome
+from .digest import Digest
 from .errors import CopyError, Kind
 from .task import MalformedTask, Task, from_dict
 
@@ -35,6 +37,7 @@ FIRST_FAILURE = "x-mirror-first-failure"
 LAST_FAILURE = "x-mirror-last-failure"
 IN_PROCESS_ATTEMPTS = 3
 OUTAGE_PROBE_S = (1, 10)  # first and longest wait between probes of a down target
+PENDING_EVERY_S = 5  # how often the queue depth is read for the pending gauge
 
 
 def now() -> str:
@@ -69,6 +72,7 @@ class Result:
 
     action: str  # "ack" | "retry" | "dead"
     reason: str = ""
+    subject: str = ""  # bucket/key, for the Slack digest
 
 
 class Worker:
@@ -80,6 +84,7 @@ class Worker:
         self.outage = threading.Lock()  # one thread probes a down target; the rest wait
         self.in_flight = 0
         self.consuming = threading.Event()  # readiness: connected and consuming
+        self.digest = Digest(settings)
 
     # ---- copy threads -------------------------------------------------------------
 
@@ -87,21 +92,42 @@ class Worker:
         try:
             tasks = parse(body)
         except MalformedTask as exc:
+            metrics.FAILURES.labels("malformed").inc()
             return Result("dead", f"malformed task: {exc}")
         reasons = []
-        for task in tasks:
-            try:
-                outcome = self._copy_through_outage(task)
-            except CopyError as exc:
-                if exc.kind is Kind.MOOT:
-                    self._log(task, attempt, "skipped", exc.reason)
-                    continue
-                self._log(task, attempt, "failed", exc.reason)
-                kind = "dead" if exc.kind is Kind.PERMANENT else "retry"
-                return Result(kind, exc.reason)
-            self._log(task, attempt, "copied" if outcome.copied else "skipped", outcome.reason)
-            reasons.append(outcome.reason)
+        metrics.IN_FLIGHT.inc()
+        try:
+            for task in tasks:
+                started = time.monotonic()
+                try:
+                    outcome = self._copy_through_outage(task)
+                except CopyError as exc:
+                    if exc.kind is Kind.MOOT:
+                        self._record(task, attempt, Outcome(False, exc.reason))
+                        continue
+                    self._log(task, attempt, "failed", exc.reason)
+                    metrics.FAILURES.labels(exc.kind.value).inc()
+                    action = "dead" if exc.kind is Kind.PERMANENT else "retry"
+                    return Result(action, exc.reason, f"{task.bucket}/{task.key}")
+                self._record(task, attempt, outcome, time.monotonic() - started)
+                reasons.append(outcome.reason)
+        finally:
+            metrics.IN_FLIGHT.dec()
         return Result("ack", ", ".join(reasons))
+
+    def _record(self, task: Task, attempt: int, outcome: Outcome, seconds: float = 0) -> None:
+        """Log and count one finished task."""
+        if not outcome.copied:
+            metrics.SKIPPED.labels(metrics.skip_reason(outcome.reason)).inc()
+            self._log(task, attempt, "skipped", outcome.reason)
+            return
+        metrics.OBJECTS_REPLICATED.inc()
+        metrics.BYTES_REPLICATED.inc(outcome.bytes)
+        metrics.COPY_SECONDS.observe(seconds)
+        latency = replication_latency(task)
+        if latency is not None:
+            metrics.LATENCY.observe(max(latency, 0.0))
+        self._log(task, attempt, "copied", outcome.reason, latency)
 
     def _copy_through_outage(self, task: Task) -> Outcome:
         """Retry transient errors a few times; while the target is down, wait for it."""
@@ -132,10 +158,11 @@ class Worker:
                 self.stopping.wait(delay)
                 delay = min(delay * 2, OUTAGE_PROBE_S[1])
 
-    def _log(self, task: Task, attempt: int, what: str, reason: str) -> None:
+    def _log(
+        self, task: Task, attempt: int, what: str, reason: str, latency: float | None = None
+    ) -> None:
         level = logging.WARNING if what == "failed" else logging.INFO
         extra = {"bucket": task.bucket, "key": task.key, "origin": task.origin, "attempt": attempt}
-        latency = replication_latency(task) if what == "copied" else None
         if latency is not None:
             extra["latency_s"] = round(latency, 3)
         log.log(level, "%s: %s", what, reason, extra={**extra, "outcome": what})
@@ -156,6 +183,7 @@ class Worker:
                     log.warning("RabbitMQ connection lost (%r); reconnecting in %.0fs", exc, delay)
                     self.stopping.wait(delay * random.uniform(0.5, 1.5))
                     delay = min(delay * 2, 30)
+        self.digest.close()
         log.info("worker stopped")
 
     def _consume(self, pool: ThreadPoolExecutor) -> None:
@@ -170,8 +198,13 @@ class Worker:
             tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
             log.info("consuming %s with %d copy threads", topology.WORK_QUEUE, self.concurrency)
             self.consuming.set()
+            measured = 0.0
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=1)
+                if time.monotonic() - measured > PENDING_EVERY_S:
+                    depth = channel.queue_declare(topology.WORK_QUEUE, passive=True)
+                    metrics.PENDING.set(depth.method.message_count)
+                    measured = time.monotonic()
             # Drain: take no more, let in-flight copies finish and be acked.
             channel.basic_cancel(tag)
             while self.in_flight:
@@ -214,6 +247,8 @@ class Worker:
             )
         elif result.action != "ack":
             log.error("dead-lettered after %d delayed retries: %s", attempt, result.reason)
+            metrics.DEAD_LETTERED.inc()
+            self.digest.add(result.subject or "(unreadable message)", result.reason)
             self._republish(channel, topology.DLX, "", body, headers)
         channel.basic_ack(method.delivery_tag)
 

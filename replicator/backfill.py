@@ -1,0 +1,147 @@
+"""Backfill: list a prefix on both sides, enqueue (or copy) what the target lacks.
+
+Both listings stream in key order and are merged, so memory stays flat for millions of
+keys; a target HEAD is made only when the listings cannot decide (same size, different
+ETags, e.g. multipart uploads with other part sizes).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from .broker import Publisher
+from .config import BucketPair, Settings
+from .copier import SOURCE_ETAG, Copier, client
+from .errors import CopyError
+from .filters import KeyFilter
+from .task import Task
+
+log = logging.getLogger(__name__)
+LOG_EVERY_S = 10
+PENDING_COPIES = 64  # --direct: copies submitted but not finished, at most
+
+
+@dataclass
+class PairReport:
+    pair: str
+    listed: int = 0
+    current: int = 0
+    excluded: int = 0
+    queued: int = 0  # enqueued, copied (--direct) or, with --dry-run, would be
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def listing(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        yield from page.get("Contents", [])
+
+
+class Backfill:
+    def __init__(self, settings: Settings, *, direct: bool, dry_run: bool) -> None:
+        self.settings = settings
+        self.direct, self.dry_run = direct, dry_run
+        threads = settings.max_workers or 8
+        self.source = client(settings.source, settings, threads + 2)
+        self.target = client(settings.target, settings, threads + 2)
+        self.copier = Copier(settings, pool=threads + 2) if direct else None
+        self.pool = ThreadPoolExecutor(threads) if direct and not dry_run else None
+        self.publisher = (
+            None
+            if direct or dry_run
+            else Publisher(settings.rabbitmq_url, name="minio-s3-mirror backfill")
+        )
+
+    def run(self, pairs: list[BucketPair]) -> list[PairReport]:
+        try:
+            return [self.pair(pair) for pair in pairs]
+        finally:
+            if self.publisher:
+                self.publisher.close()
+            if self.pool:
+                self.pool.shutdown()
+
+    def pair(self, pair: BucketPair) -> PairReport:
+        report = PairReport(str(pair))
+        accepts = KeyFilter.for_pair(self.settings, pair).accepts
+        source_prefix = pair.source_prefix(self.settings.prefix)
+        target_prefix = pair.target_prefix(self.settings.prefix)
+        targets = listing(self.target, pair.target_bucket, target_prefix)
+        target = next(targets, None)
+        progress = tqdm(desc=str(pair), unit=" keys", disable=not sys.stderr.isatty())
+        last_log, pending = time.monotonic(), deque()
+        for obj in listing(self.source, pair.source_bucket, source_prefix):
+            report.listed += 1
+            progress.update()
+            if not accepts(obj["Key"]):
+                report.excluded += 1
+                continue
+            want = pair.target_key(obj["Key"])
+            while target is not None and target["Key"] < want:  # merge: skip target-only
+                target = next(targets, None)
+            same = target if target is not None and target["Key"] == want else None
+            if self._current(obj, same, pair.target_bucket):
+                report.current += 1
+            else:
+                pending.append(self._send(pair, obj["Key"], report))
+                while len(pending) > PENDING_COPIES:  # backpressure keeps memory flat
+                    pending.popleft().result()
+            if time.monotonic() - last_log > LOG_EVERY_S and progress.disable:
+                log.info("%s: %d listed, %d to copy so far", pair, report.listed, report.queued)
+                last_log = time.monotonic()
+        for future in pending:
+            future.result()
+        progress.close()
+        return report
+
+    def _current(self, obj: dict[str, Any], target: dict[str, Any] | None, bucket: str) -> bool:
+        if target is None or target["Size"] != obj["Size"]:
+            return False
+        if target["ETag"] == obj["ETag"]:
+            return True
+        head = self.target.head_object(Bucket=bucket, Key=target["Key"])
+        return head.get("Metadata", {}).get(SOURCE_ETAG) == obj["ETag"].strip('"')
+
+    def _send(self, pair: BucketPair, key: str, report: PairReport) -> Future[None]:
+        report.queued += 1
+        task = Task(bucket=pair.source_bucket, key=key, origin="backfill")
+        if self.pool:
+            return self.pool.submit(self._copy, task, report)
+        if self.publisher:
+            self.publisher.publish(task.to_json())
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+    def _copy(self, task: Task, report: PairReport) -> None:
+        try:
+            self.copier.copy(task)
+        except CopyError as exc:
+            report.failed += 1
+            report.failures.append(f"{task.key}: {exc.reason}")
+
+
+def render(reports: list[PairReport], *, direct: bool, dry_run: bool) -> str:
+    verb = "would copy" if dry_run else ("copied" if direct else "queued")
+    lines = []
+    for r in reports:
+        lines.append(
+            f"{r.pair}: listed {r.listed}, already current {r.current}, excluded {r.excluded}, "
+            f"{verb} {r.queued - r.failed}, failed {r.failed}"
+        )
+        lines += [f"  failed: {failure}" for failure in r.failures[:10]]
+    return "\n".join(lines)
+
+
+def as_dicts(reports: list[PairReport]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in reports]

@@ -1,0 +1,110 @@
+"""The dead-letter ("parking") queue: look at it, put tasks back, empty it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from . import broker, topology, worker
+from .config import Settings
+from .filters import pairs_for
+from .task import MalformedTask
+
+
+@dataclass(frozen=True)
+class Parked:
+    tag: int
+    body: bytes
+    headers: dict
+
+    def describe(self, settings: Settings) -> dict[str, object]:
+        bucket = key = ""
+        with contextlib.suppress(MalformedTask):
+            tasks = worker.parse(self.body)
+            if tasks:
+                bucket, key = tasks[0].bucket, tasks[0].key
+        pairs = pairs_for(settings, bucket, key) if key else []
+        deaths = self.headers.get("x-death") or [{}]
+        return {
+            "bucket": bucket,
+            "key": key or self.body[:80].decode(errors="replace"),
+            "pair": ", ".join(str(p) for p in pairs) or "-",
+            "reason": self.headers.get(worker.ERROR)
+            or f"rejected by RabbitMQ ({deaths[0].get('reason', 'unknown')})",
+            "attempts": int(self.headers.get(worker.ATTEMPT, 0)) + 1,
+            "first_failure": str(self.headers.get(worker.FIRST_FAILURE, "")),
+            "last_failure": str(self.headers.get(worker.LAST_FAILURE, "")),
+        }
+
+
+@contextlib.contextmanager
+def browse(settings: Settings) -> Iterator[tuple[BlockingChannel, list[Parked]]]:
+    """Every parked message, unacked; what the caller does not ack goes back on close."""
+    connection = broker.connect(settings.rabbitmq_url, name="minio-s3-mirror dlq")
+    try:
+        channel = connection.channel()
+        topology.declare(channel)
+        channel.confirm_delivery()
+        waiting = channel.queue_declare(topology.DEAD_QUEUE, passive=True).method.message_count
+        parked = []
+        for _ in range(waiting):
+            method, properties, body = channel.basic_get(topology.DEAD_QUEUE)
+            if method is None:
+                break
+            parked.append(Parked(method.delivery_tag, body, dict(properties.headers or {})))
+        yield channel, parked
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def replay(settings: Settings, keys: set[str] | None) -> int:
+    """Put the chosen (or all) parked tasks back on the work queue with a fresh budget."""
+    replayed = 0
+    with browse(settings) as (channel, parked):
+        for item in parked:
+            if keys is not None and item.describe(settings)["key"] not in keys:
+                continue
+            first = item.headers.get(worker.FIRST_FAILURE)
+            properties = pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent,
+                content_type="application/json",
+                headers={worker.FIRST_FAILURE: first} if first else {},
+            )
+            channel.basic_publish(
+                topology.EXCHANGE, topology.TASKS, item.body, properties, mandatory=True
+            )
+            channel.basic_ack(item.tag)
+            replayed += 1
+    return replayed
+
+
+def purge(settings: Settings) -> int:
+    connection = broker.connect(settings.rabbitmq_url, name="minio-s3-mirror dlq")
+    try:
+        channel = connection.channel()
+        topology.declare(channel)
+        return channel.queue_purge(topology.DEAD_QUEUE).method.message_count
+    finally:
+        connection.close()
+
+
+def render(rows: list[dict[str, object]], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(rows, ensure_ascii=False, indent=2)
+    if not rows:
+        return "the dead-letter queue is empty"
+    lines = [f"{len(rows)} dead-lettered task(s):"]
+    for row in rows:
+        lines.append(f"- {row['key']}  [{row['pair']}]")
+        lines.append(f"    reason: {row['reason']}")
+        lines.append(
+            f"    attempts: {row['attempts']}, first failure: {row['first_failure'] or '-'}, "
+            f"last failure: {row['last_failure'] or '-'}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""Prometheus metrics (prefix minio_s3_mirror_, base units, no key-level labels).
+
+Modelled on S3 Replication Time Control: what arrived, what was copied, how late,
+what was skipped or failed and why, and what is still waiting.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+P = "minio_s3_mirror_"
+
+EVENTS_RECEIVED = Counter(f"{P}events_received", "Object-created events accepted", ["mode"])
+TASKS_PUBLISHED = Counter(f"{P}tasks_published", "Tasks confirmed by RabbitMQ", ["origin"])
+OBJECTS_REPLICATED = Counter(f"{P}objects_replicated", "Objects copied and verified")
+BYTES_REPLICATED = Counter(f"{P}bytes_replicated", "Bytes copied and verified")
+SKIPPED = Counter(f"{P}objects_skipped", "Tasks with nothing to do", ["reason"])
+FAILURES = Counter(f"{P}copy_failures", "Failed copy attempts", ["kind"])
+RETRIES = Counter(f"{P}retries", "Tasks sent to a delayed retry queue")
+DEAD_LETTERED = Counter(f"{P}dead_lettered", "Tasks parked in the dead-letter queue")
+LATENCY = Histogram(
+    f"{P}replication_latency_seconds",
+    "Source event to verified copy",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+COPY_SECONDS = Histogram(
+    f"{P}copy_duration_seconds",
+    "Time to copy and verify one object",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+IN_FLIGHT = Gauge(f"{P}copies_in_flight", "Copies under way in this worker")
+PENDING = Gauge(f"{P}tasks_pending", "Tasks waiting in the work queue")
+
+_SKIP_REASONS = (
+    ("target already current", "current"),
+    ("excluded", "excluded"),
+    ("source object is gone", "source_gone"),
+    ("target exists", "overwrite_off"),
+)
+
+
+def skip_reason(text: str) -> str:
+    """A bounded label for a skip reason."""
+    return next((label for prefix, label in _SKIP_REASONS if text.startswith(prefix)), "other")
