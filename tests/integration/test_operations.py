@@ -100,9 +100,13 @@ def test_dead_letters_are_listed_and_replayed_after_the_fix(
 
 
 def scrape(port: int) -> dict[str, float]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    connection.request("GET", "/metrics")
-    text = connection.getresponse().read().decode()
+    """Every sample by name{labels}; empty while the worker is not serving yet."""
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    except OSError:
+        return {}
     values = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
