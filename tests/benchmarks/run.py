@@ -31,7 +31,7 @@ def fill(stack: Stack, bucket: str, count: int, size: int) -> None:
     client = stack.source.client()
     client.create_bucket(Bucket=bucket)
     body = os.urandom(size)
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(32) as pool:
         list(
             pool.map(
                 lambda i: client.put_object(Bucket=bucket, Key=f"o/{i:06d}", Body=body),
@@ -318,7 +318,51 @@ def latency_run(stack: Stack, queue_dir: bool) -> Row:
     )
 
 
+def bench_backfill_listing(stack: Stack) -> list[Row]:
+    """Backfill listing of 100,000 keys (dry run): peak RSS and keys/s against mc ls."""
+    count = 100_000
+    fill(stack, "bench-bf", count, 0)
+    stack.target.client().create_bucket(Bucket="bench-bf-target")
+    env = env_for(stack)
+    env["MC_HOST_minio"] = stack.source.url.replace(
+        "://", f"://{stack.source.access_key}:{stack.source.secret_key}@"
+    )
+    mc_s = timed(
+        lambda: subprocess.run(
+            [str(BIN / "mc"), "ls", "--recursive", "minio/bench-bf"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    )
+    env = env_for(stack, BUCKET_PAIR="minio/bench-bf:aws/bench-bf-target")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [CLI, "backfill", "--prefix", "o", "--dry-run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peak = peak_rss(proc, lambda: proc.poll() is not None)
+    ours_s = time.perf_counter() - start
+    return [
+        (
+            "backfill --dry-run listing 100,000 keys",
+            "keys/s, ours / `mc ls --recursive`",
+            f"{mc_s / ours_s:.2f}×",
+            f"ours {count / ours_s:.0f}/s, mc ls {count / mc_s:.0f}/s",
+        ),
+        (
+            "backfill listing 100,000 keys",
+            "peak RSS",
+            f"{peak / 2**20:.0f} MiB",
+            "target ≤ 100 MiB",
+        ),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[Stack], list[Row]]] = {
+    "backfill": bench_backfill_listing,
     "latency": bench_latency,
     "reconcile": bench_reconcile,
     "small": bench_small,
