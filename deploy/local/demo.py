@@ -1,17 +1,20 @@
 """`make demo`: bring up the local stack, load sample data, replicate it end to end.
 
-Runs the nightly reconcile twice (the second run finds nothing to copy), prints what
-the fake Slack received, checks the target, and stops the stack.
+Part 1, the nightly job: reconcile twice (the second run finds nothing to copy) and
+show what the fake Slack received. Part 2, near-real-time: start a worker and the
+webhook listener, upload new objects and watch them arrive. Then stop everything.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from stack import BIN, Stack
+from stack import BIN, MinioServer, Stack, free_port, wait_until
 
 CLI = str(Path(sys.executable).with_name("minio-s3-mirror"))
 SAMPLES = {
@@ -31,9 +34,73 @@ def reconcile(env: dict[str, str]) -> int:
     return subprocess.run([CLI, "reconcile"], env=env, check=False).returncode
 
 
+def keys_on(client, bucket: str) -> set[str]:
+    return {obj["Key"] for obj in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def event_pipeline(stack: Stack, env: dict[str, str], webhook: str) -> bool:
+    """Worker + webhook listener: new uploads arrive on the target within seconds."""
+    source, target = stack.source.client(), stack.target.client()
+    source.put_bucket_notification_configuration(
+        Bucket="photos",
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {"QueueArn": "arn:minio:sqs::demo:webhook", "Events": ["s3:ObjectCreated:*"]}
+            ]
+        },
+    )
+    logs = stack.root / "demo-logs"
+    logs.mkdir()
+    procs = []
+    for name, args in (("worker", ["work"]), ("listener", ["listen", "--mode", "webhook"])):
+        port = free_port()
+        with open(logs / f"{name}.log", "wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [CLI, *args],
+                    env={**env, "WEBHOOK_ADDRESS": webhook, "METRICS_ADDRESS": f"127.0.0.1:{port}"},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        print(f"started `minio-s3-mirror {' '.join(args)}` (health on 127.0.0.1:{port})")
+    try:
+        time.sleep(2)  # let both connect
+        new = {f"2025/01/24/new photo {i}.jpg": os.urandom(64 * 1024) for i in range(3)}
+        start = time.monotonic()
+        for key, body in new.items():
+            source.put_object(Bucket="photos", Key=key, Body=body, ContentType="image/jpeg")
+            print(f"uploaded {key!r} to the source")
+        wait_until(lambda: set(new) <= keys_on(target, "photos-backup"), 60, "the new objects")
+        print(f"all {len(new)} arrived on the target {time.monotonic() - start:.1f}s after upload")
+        return all(
+            target.get_object(Bucket="photos-backup", Key=k)["Body"].read() == b
+            for k, b in new.items()
+        )
+    except TimeoutError as exc:
+        print(f"{exc}; logs in {logs}")
+        return False
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(60)
+
+
 def main() -> int:
-    banner("starting the local stack (source MinIO, target MinIO standing in for S3, Slack)")
-    stack = Stack().start()
+    banner("starting the local stack: source MinIO, target MinIO (for S3), RabbitMQ, Slack")
+    stack = Stack(rabbitmq=True)
+    webhook, token = f"127.0.0.1:{free_port()}", secrets.token_hex(16)
+    stack.source = MinioServer(
+        "source",
+        stack.root,
+        {
+            "MINIO_NOTIFY_WEBHOOK_ENABLE_demo": "on",
+            "MINIO_NOTIFY_WEBHOOK_ENDPOINT_demo": f"http://{webhook}/",
+            "MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_demo": token,
+            "MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_demo": str(stack.root / "events"),
+        },
+    )
+    stack.start()
     try:
         source, target = stack.source.client(), stack.target.client()
         source.create_bucket(Bucket="photos")
@@ -50,6 +117,7 @@ def main() -> int:
             "SERVICE": "demo-mirror",
             "BUCKET_PAIR": "minio/photos:aws/photos-backup",
             "MIRROR_EXCLUDE": "*.tmp",
+            "WEBHOOK_AUTH_TOKEN": token,
         }
         banner("minio-s3-mirror reconcile  (BUCKET_PAIR=minio/photos:aws/photos-backup)")
         first = reconcile(env)
@@ -60,14 +128,16 @@ def main() -> int:
         for message in stack.slack.messages():
             print(f"  {message['text']}")
 
-        landed = {
-            obj["Key"] for obj in target.list_objects_v2(Bucket="photos-backup").get("Contents", [])
-        }
+        landed = keys_on(target, "photos-backup")
         expected = {key for key in SAMPLES if not key.endswith(".tmp")}
-        ok = first == 0 and second == 0 and landed == expected
-        banner("demo " + ("succeeded: every sample object is on the target" if ok else "FAILED"))
         if landed != expected:
             print(f"missing on target: {sorted(expected - landed)}")
+
+        banner("near-real-time: MinIO webhook -> listener -> RabbitMQ -> worker -> target")
+        live = event_pipeline(stack, env, webhook)
+
+        ok = first == 0 and second == 0 and landed == expected and live
+        banner("demo " + ("succeeded: every sample object is on the target" if ok else "FAILED"))
         return 0 if ok else 1
     finally:
         stack.stop()
