@@ -22,7 +22,10 @@ go_binary() {  # name module version
 debian_packages() {
   local missing=()
   [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || missing+=(rabbitmq-server)
-  command -v kubectl >/dev/null || missing+=(kubectl)
+  if ! command -v kubectl >/dev/null; then
+    # Debian ships kubectl as kubernetes-client; a kubectl package wins where one exists.
+    if apt-cache show kubectl >/dev/null 2>&1; then missing+=(kubectl); else missing+=(kubernetes-client); fi
+  fi
   ((${#missing[@]})) || return 0
   echo "install: Debian packages ${missing[*]}"
   local sudo=()
