@@ -8,6 +8,7 @@ never holds more than one waiting message per thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -82,7 +83,6 @@ class Worker:
         self.copier = Copier(settings, pool=concurrency * 2 + 2)
         self.stopping = threading.Event()
         self.outage = threading.Lock()  # one thread probes a down target; the rest wait
-        self.in_flight = 0
         self.consuming = threading.Event()  # readiness: connected and consuming
         self.digest = Digest(settings)
 
@@ -194,7 +194,10 @@ class Worker:
             channel.confirm_delivery()
             # One waiting message per thread hides the ack/deliver round trip.
             channel.basic_qos(prefetch_count=self.concurrency * 2)
-            on_message = partial(self._on_message, connection, pool)
+            # This connection's deliveries still being copied. Deliveries of an earlier,
+            # lost connection are not waited for: RabbitMQ redelivers them.
+            pending: set[Future[Result]] = set()
+            on_message = partial(self._on_message, connection, pool, pending)
             tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
             log.info("consuming %s with %d copy threads", topology.WORK_QUEUE, self.concurrency)
             self.consuming.set()
@@ -207,29 +210,28 @@ class Worker:
                     measured = time.monotonic()
             # Drain: take no more, let in-flight copies finish and be acked.
             channel.basic_cancel(tag)
-            while self.in_flight:
+            while pending:
                 connection.process_data_events(time_limit=0.2)
         finally:
             self.consuming.clear()
             if connection.is_open:
                 connection.close()
 
-    def _on_message(self, connection, pool, channel, method, properties, body) -> None:
+    def _on_message(self, connection, pool, pending, channel, method, properties, body) -> None:
         attempt = int((properties.headers or {}).get(ATTEMPT, 0))
-        self.in_flight += 1
         future = pool.submit(self.work, body, attempt)
+        pending.add(future)
 
         def done(f: Future[Result]) -> None:
-            callback = partial(self._finish, channel, method, properties, body, attempt, f)
-            try:
+            callback = partial(self._finish, pending, channel, method, properties, body, attempt, f)
+            # If the connection is gone, RabbitMQ redelivers the message: nothing to do.
+            with contextlib.suppress(Exception):
                 connection.add_callback_threadsafe(callback)
-            except Exception:  # connection gone: RabbitMQ redelivers the message
-                self.in_flight -= 1
 
         future.add_done_callback(done)
 
-    def _finish(self, channel, method, properties, body, attempt, future) -> None:
-        self.in_flight -= 1
+    def _finish(self, pending, channel, method, properties, body, attempt, future) -> None:
+        pending.discard(future)
         try:
             result = future.result()
         except Exception as exc:  # a bug, not a copy failure: keep the message safe

@@ -55,7 +55,7 @@ def test_rabbitmq_restart_during_a_load(
     src, dst = source_bucket(WEBHOOK_ARN), buckets("target")
     env = pair_env(src, dst, WEBHOOK_ADDRESS=f"127.0.0.1:{webhook_port}")
     procs("listen", "--mode", "webhook", **env)
-    procs("work", **env)
+    worker = procs("work", **env)
     objects = mixed_objects(300)
     del objects["big/twelve.bin"]
     target = stack.target.client()
@@ -68,6 +68,8 @@ def test_rabbitmq_restart_during_a_load(
     wait_for_keys(target, dst, set(objects), timeout=300)
     assert_identical(target, dst, objects)
     assert dead_letters(rabbit) == []
+    # Deliveries lost with the old connection must not keep SIGTERM from draining.
+    assert worker.stop(timeout=60) == 0
 
 
 def test_target_down_for_30_seconds_during_a_load(
