@@ -77,7 +77,7 @@ def least_privilege(stack, notifying, source_bucket, buckets):
     return src, dst, env, source_user, target_user
 
 
-def test_reconcile_and_work_run_with_exactly_the_readme_policies(
+def test_reconcile_work_backfill_and_check_run_with_exactly_the_readme_policies(
     stack, notifying, least_privilege, procs, amqp, rabbit
 ):
     src, dst, env, _, _ = least_privilege
@@ -91,8 +91,14 @@ def test_reconcile_and_work_run_with_exactly_the_readme_policies(
     procs("work", **env)
     publish(rabbit, Task(bucket=src, key="by-work.bin", origin="backfill").to_json())
 
+    source.put_object(Bucket=src, Key="by-backfill.txt", Body=b"b")
+    backfill = procs("backfill", **env)
+    assert backfill.popen.wait(120) == 0, backfill.log.read_text()
+    check = procs("check", **env)
+    assert check.popen.wait(120) == 0, check.log.read_text()
+
     target = stack.target.client()
-    wait_for_keys(target, dst, {"by-reconcile.txt", "by-work.bin"}, timeout=120)
+    wait_for_keys(target, dst, {"by-reconcile.txt", "by-work.bin", "by-backfill.txt"}, 120)
     assert target.get_object(Bucket=dst, Key="by-work.bin")["Body"].read() == big
     assert dead_letters(rabbit) == []
 
