@@ -135,8 +135,11 @@ class Copier:
         with self.locks.hold(f"{pair.target_bucket}/{target_key}"):
             for _ in range(CHASES):
                 source = self._head_source(task)
-                if self._current(pair.target_bucket, target_key, source):
+                head = self._target_head(pair.target_bucket, target_key)
+                if head is not None and current(head, source):
                     return Outcome(False, "target already current")
+                if head is not None and not self.settings.overwrite:
+                    return Outcome(False, "target exists and differs (MIRROR_OVERWRITE=false)")
                 try:
                     written = self._write(task, source, pair.target_bucket, target_key)
                 except ClientError as exc:
@@ -172,16 +175,6 @@ class Copier:
             raise classify(exc, "target") from exc
         except Exception as exc:
             raise classify(exc, "target") from exc
-
-    def _current(self, bucket: str, key: str, source: Source) -> bool:
-        head = self._target_head(bucket, key)
-        if head is None or head["ContentLength"] != source.size:
-            return False
-        recorded = head.get("Metadata", {}).get(SOURCE_ETAG)
-        if recorded is not None:
-            return recorded == source.etag
-        # Copied by something else (mc mirror): same single-part ETag means same bytes.
-        return head["ETag"].strip('"') == source.etag
 
     def _verify(self, bucket: str, key: str, source: Source) -> None:
         head = self._target_head(bucket, key)
@@ -263,6 +256,17 @@ class Copier:
         except Exception:
             return False
         return True
+
+
+def current(head: dict[str, Any], source: Source) -> bool:
+    """Whether the target object (its HEAD) holds the source's current content."""
+    if head["ContentLength"] != source.size:
+        return False
+    recorded = head.get("Metadata", {}).get(SOURCE_ETAG)
+    if recorded is not None:
+        return recorded == source.etag
+    # Copied by something else (mc mirror): same single-part ETag means same bytes.
+    return head["ETag"].strip('"') == source.etag
 
 
 def _status(exc: ClientError) -> int:

@@ -35,7 +35,7 @@ _SKIP_REASONS = (
     ("target already current", "current"),
     ("excluded", "excluded"),
     ("source object is gone", "source_gone"),
-    ("target exists", "overwrite_off"),
+    ("target exists and differs", "overwrite_off"),
 )
 
 

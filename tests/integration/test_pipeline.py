@@ -261,3 +261,22 @@ def test_stream_mode_replicates_hard_keys_and_metadata(
 
     local_stack.wait_until(lambda: arrived(set(objects)), 180, "500 objects")
     assert_identical(target, dst, objects, ignore="probe/")
+
+
+def test_overwrite_false_leaves_a_differing_target_object(
+    stack, notifying, source_bucket, buckets, procs, amqp, rabbit
+):
+    src, dst = source_bucket(), buckets("target")
+    notifying.client().put_object(Bucket=src, Key="doc.txt", Body=b"new on the source")
+    notifying.client().put_object(Bucket=src, Key="fresh.txt", Body=b"only on the source")
+    stack.target.client().put_object(Bucket=dst, Key="doc.txt", Body=b"older on the target")
+    worker = procs("work", **pair_env(src, dst, MIRROR_OVERWRITE="false"))
+
+    tasks = [Task(bucket=src, key=k, origin="backfill") for k in ("doc.txt", "fresh.txt")]
+    publish(rabbit, *[task.to_json() for task in tasks])
+
+    wait_for_keys(stack.target.client(), dst, {"doc.txt", "fresh.txt"}, timeout=60)
+    local_stack.wait_until(lambda: worker.outcomes("skipped"), 30, "the skip")
+    body = stack.target.client().get_object(Bucket=dst, Key="doc.txt")["Body"].read()
+    assert body == b"older on the target"
+    assert "MIRROR_OVERWRITE=false" in worker.outcomes("skipped")[0]["message"]
