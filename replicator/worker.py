@@ -121,9 +121,10 @@ class Worker:
             metrics.SKIPPED.labels(metrics.skip_reason(outcome.reason)).inc()
             self._log(task, attempt, "skipped", outcome.reason)
             return
-        metrics.OBJECTS_REPLICATED.inc()
+        # The object count goes last: who sees it can trust the bytes and duration.
         metrics.BYTES_REPLICATED.inc(outcome.bytes)
         metrics.COPY_SECONDS.observe(seconds)
+        metrics.OBJECTS_REPLICATED.inc()
         latency = replication_latency(task)
         if latency is not None:
             metrics.LATENCY.observe(max(latency, 0.0))

@@ -139,19 +139,25 @@ def test_worker_metrics_equal_what_happened(
     publish(rabbit, *tasks, *tasks[:2], gone, b"not json")
 
     p = "minio_s3_mirror_"
-    local_stack.wait_until(
-        lambda: scrape(port).get(f"{p}dead_lettered_total") == 1, 60, "the poison parked"
+    outcomes = (
+        f"{p}objects_replicated_total",
+        f"{p}objects_skipped_total{{reason=current}}",
+        f"{p}objects_skipped_total{{reason=source_gone}}",
+        f"{p}dead_lettered_total",
     )
+    # Copy threads finish in any order: wait until all 11 messages have an outcome.
     local_stack.wait_until(
-        lambda: scrape(port).get(f"{p}objects_skipped_total{{reason=source_gone}}") == 1,
+        lambda: sum(scrape(port).get(name, 0) for name in outcomes) >= 11,
         60,
-        "all tasks handled",
+        "all 11 messages handled",
     )
     got = scrape(port)
     assert got[f"{p}objects_replicated_total"] == 7
     assert got[f"{p}bytes_replicated_total"] == sum(len(b) for b in bodies.values())
     assert got[f"{p}objects_skipped_total{{reason=current}}"] == 2
     assert got[f"{p}copy_failures_total{{kind=malformed}}"] == 1
+    assert got[f"{p}objects_skipped_total{{reason=source_gone}}"] == 1
+    assert got[f"{p}dead_lettered_total"] == 1
     assert got[f"{p}copy_duration_seconds_count"] == 7
 
 
