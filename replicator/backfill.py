@@ -93,7 +93,7 @@ class Backfill:
             if self._current(obj, same, pair.target_bucket):
                 report.current += 1
             else:
-                pending.append(self._send(pair, obj["Key"], report))
+                pending.append(self._send(pair, obj, report))
                 while len(pending) > PENDING_COPIES:  # backpressure keeps memory flat
                     pending.popleft().result()
             if time.monotonic() - last_log > LOG_EVERY_S and progress.disable:
@@ -112,9 +112,16 @@ class Backfill:
         head = self.target.head_object(Bucket=bucket, Key=target["Key"])
         return head.get("Metadata", {}).get(SOURCE_ETAG) == obj["ETag"].strip('"')
 
-    def _send(self, pair: BucketPair, key: str, report: PairReport) -> Future[None]:
+    def _send(self, pair: BucketPair, obj: dict[str, Any], report: PairReport) -> Future[None]:
         report.queued += 1
-        task = Task(bucket=pair.source_bucket, key=key, origin="backfill")
+        # The listed size tells the copy engine whether one GET can carry the object.
+        task = Task(
+            bucket=pair.source_bucket,
+            key=obj["Key"],
+            origin="backfill",
+            etag=obj["ETag"].strip('"'),
+            size=obj["Size"],
+        )
         if self.pool:
             return self.pool.submit(self._copy, task, report)
         if self.publisher:

@@ -1,9 +1,11 @@
 """The copy engine: one source object to its target key(s), by the rules of design 7.
 
 Copies what the source holds now (pinned by ETag while reading), streams through a
-bounded buffer (multipart above a threshold), keeps metadata, records the source
-identity on the target, and re-checks the source after writing so an older version
-never stays over a newer one.
+bounded buffer (multipart above a threshold), keeps metadata and records the source
+identity on the target. Every write is conditional on the target being as we saw it
+(If-None-Match / If-Match), and a replacement re-checks the source after writing, so an
+older version never stays over a newer one. A new object costs a target HEAD, one source
+GET and the PUT; an up-to-date one a target HEAD and a source HEAD.
 """
 
 from __future__ import annotations
@@ -131,40 +133,58 @@ class Copier:
         return outcomes[0]
 
     def _copy_pair(self, task: Task, pair: BucketPair) -> Outcome:
-        target_key = pair.target_key(task.key)
-        with self.locks.hold(f"{pair.target_bucket}/{target_key}"):
+        bucket, key = pair.target_bucket, pair.target_key(task.key)
+        with self.locks.hold(f"{bucket}/{key}"):
             for _ in range(CHASES):
-                source = self._head_source(task)
-                head = self._target_head(pair.target_bucket, target_key)
-                if head is not None and current(head, source):
-                    return Outcome(False, "target already current")
-                if head is not None and not self.settings.overwrite:
-                    return Outcome(False, "target exists and differs (MIRROR_OVERWRITE=false)")
+                head = self._target_head(bucket, key)
+                if head is None:
+                    # Nothing to compare with: one GET gives the source's identity and
+                    # (small) bytes; the write lands only if the key is still absent.
+                    source, body = self._get_source(task)
+                    condition = {"IfNoneMatch": "*"}
+                else:
+                    source, body = self._head_source(task), None
+                    if current(head, source):
+                        return Outcome(False, "target already current")
+                    if not self.settings.overwrite:
+                        return Outcome(False, "target exists and differs (MIRROR_OVERWRITE=false)")
+                    condition = {"IfMatch": head["ETag"]}
                 try:
-                    written = self._write(task, source, pair.target_bucket, target_key)
+                    written = self._write(task, source, bucket, key, condition, body)
                 except ClientError as exc:
-                    if _status(exc) == 412:  # the source changed while we read it
+                    if _conflict(exc):  # the source or the target changed under us
                         continue
                     raise classify(exc, "target") from exc
-                if self._head_source(task).etag == source.etag:
-                    # A single PUT whose ETag (the MD5 of what the target stored) equals
-                    # the source's is verified by that answer; anything else by a HEAD.
-                    if written != source.etag:
-                        self._verify(pair.target_bucket, target_key, source)
-                    return Outcome(True, "copied", source.size)
-        raise CopyError(Kind.TRANSIENT, "source kept changing while copying", "source")
+                # Replacing an object needs one more look: the source may have gone back to
+                # content the target held, which another task then found "current".
+                if head is not None and self._head_source(task).etag != source.etag:
+                    continue
+                # A single PUT whose ETag (the MD5 of what the target stored) equals the
+                # source's is verified by that answer; anything else by a HEAD.
+                if written != source.etag:
+                    self._verify(bucket, key, source)
+                return Outcome(True, "copied", source.size)
+        raise CopyError(Kind.TRANSIENT, "source or target kept changing while copying", "source")
 
     def _head_source(self, task: Task) -> Source:
         try:
-            head = self.source.head_object(Bucket=task.bucket, Key=task.key)
+            return _identity(self.source.head_object(Bucket=task.bucket, Key=task.key))
         except Exception as exc:
             raise classify(exc, "source") from exc
-        return Source(
-            etag=head["ETag"].strip('"'),
-            size=head["ContentLength"],
-            mtime=head["LastModified"].isoformat(),
-            head=head,
-        )
+
+    def _get_source(self, task: Task) -> tuple[Source, bytes | None]:
+        """The source's identity and, when it is small, its bytes: one GET for HEAD + GET."""
+        if task.size is not None and task.size > MULTIPART_THRESHOLD:
+            return self._head_source(task), None  # large: read in parts, pinned by ETag
+        try:
+            response = self.source.get_object(Bucket=task.bucket, Key=task.key)
+            source = _identity(response)
+            if source.size > MULTIPART_THRESHOLD:  # the event's size was missing or stale
+                response["Body"].close()
+                return source, None
+            return source, response["Body"].read()
+        except Exception as exc:
+            raise classify(exc, "source") from exc
 
     def _target_head(self, bucket: str, key: str) -> dict[str, Any] | None:
         try:
@@ -200,12 +220,22 @@ class Copier:
         except Exception as exc:
             raise classify(exc, "source") from exc
 
-    def _write(self, task: Task, source: Source, bucket: str, key: str) -> str:
-        """Write the object; returns the ETag the target reported."""
+    def _write(
+        self,
+        task: Task,
+        source: Source,
+        bucket: str,
+        key: str,
+        condition: dict[str, str],
+        body: bytes | None,
+    ) -> str:
+        """Write the object if the target still is as we saw it; returns the target's ETag."""
         args = {"Bucket": bucket, "Key": key, **self._write_args(source)}
         if source.size <= MULTIPART_THRESHOLD:
-            body = self._read(task, source) if source.size else b""
-            return self._target_call("put_object", Body=body, **args)["ETag"].strip('"')
+            if body is None:
+                body = self._read(task, source) if source.size else b""
+            put = self._target_call("put_object", Body=body, **condition, **args)
+            return put["ETag"].strip('"')
         upload = self._target_call("create_multipart_upload", **args)["UploadId"]
         try:
             parts = []
@@ -228,6 +258,7 @@ class Copier:
                 Key=key,
                 UploadId=upload,
                 MultipartUpload={"Parts": parts},
+                **condition,
             )["ETag"].strip('"')
         except BaseException:
             self._abort(bucket, key, upload)
@@ -267,6 +298,22 @@ def current(head: dict[str, Any], source: Source) -> bool:
         return recorded == source.etag
     # Copied by something else (mc mirror): same single-part ETag means same bytes.
     return head["ETag"].strip('"') == source.etag
+
+
+def _identity(response: dict[str, Any]) -> Source:
+    """What a HEAD or GET says the source holds (the body stream is not kept)."""
+    return Source(
+        etag=response["ETag"].strip('"'),
+        size=response["ContentLength"],
+        mtime=response["LastModified"].isoformat(),
+        head={name: value for name, value in response.items() if name != "Body"},
+    )
+
+
+def _conflict(exc: ClientError) -> bool:
+    """A failed precondition: the source changed while read, or the target since its HEAD."""
+    code = exc.response.get("Error", {}).get("Code")
+    return _status(exc) == 412 or code in ("NoSuchKey", "ConditionalRequestConflict")
 
 
 def _status(exc: ClientError) -> int:

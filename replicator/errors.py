@@ -20,6 +20,7 @@ PERMANENT_CODES = frozenset(
         "EntityTooLarge",
         "InvalidRequest",
         "MethodNotAllowed",
+        "NotImplemented",  # e.g. a target without conditional writes
     }
 )
 MOOT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})

@@ -24,6 +24,7 @@ def client_error(code: str, status: int) -> ClientError:
         (client_error("403", 403), Kind.PERMANENT),
         (client_error("NoSuchKey", 404), Kind.MOOT),
         (client_error("404", 404), Kind.MOOT),
+        (client_error("NotImplemented", 501), Kind.PERMANENT),
         (client_error("SlowDown", 503), Kind.TRANSIENT),
         (client_error("InternalError", 500), Kind.TRANSIENT),
         (client_error("503", 503), Kind.TRANSIENT),
