@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,26 +88,50 @@ def reconcile(stack: Stack, src: str, dst: str) -> None:
 def bench_reconcile(stack: Stack) -> list[Row]:
     """Reconcile of 2,000 small objects to an empty bucket against bare `mc mirror`."""
     fill(stack, "bench-small", 2000, 1024)
-    ours, theirs = [], []
+    ours, theirs, requests = [], [], {}
     target = stack.target.client()
     for i in range(ROUNDS):
         for side, run, times in (("mc", mc_mirror, theirs), ("ours", reconcile, ours)):
             dst = f"bench-{side}-{i}"
             target.create_bucket(Bucket=dst)
+            before = s3_requests(stack)
             times.append(timed(lambda run=run, dst=dst: run(stack, "bench-small", dst)))
+            requests.setdefault(side, spent(before, s3_requests(stack)))
+    before = s3_requests(stack)
+    reconcile(stack, "bench-small", "bench-ours-0")  # again: nothing to copy
+    requests["ours, nothing to copy"] = spent(before, s3_requests(stack))
     ratio = statistics.median(ours) / statistics.median(theirs)
     context = (
         f"median of {ROUNDS}: ours {statistics.median(ours):.2f}s, "
         f"mc {statistics.median(theirs):.2f}s (includes our verify pass)"
     )
-    return [
-        (
-            "reconcile, 2,000 × 1 KiB, empty target",
-            "time ours / mc mirror",
-            f"{ratio:.2f}×",
-            context,
-        )
+    timing = ("reconcile, 2,000 × 1 KiB, empty target", "time ours / mc mirror", f"{ratio:.2f}×")
+    return [(*timing, context)] + [
+        (f"reconcile, 2,000 × 1 KiB: {side}", "S3 requests in the run", counts, "reported")
+        for side, counts in requests.items()
     ]
+
+
+def s3_requests(stack: Stack) -> dict[str, float]:
+    """S3 requests each MinIO has served so far, by API (MinIO's v3 metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for side, server in (("source", stack.source), ("target", stack.target)):
+        with urllib.request.urlopen(f"{server.url}/minio/metrics/v3/api/requests") as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "minio_api_requests_total":
+                    name = f"{side} {sample.labels['name']}"
+                    counts[name] = counts.get(name, 0) + sample.value
+    return counts
+
+
+def spent(before: dict[str, float], after: dict[str, float]) -> str:
+    """The requests between two readings, e.g. "source GetObject 2000, target PutObject 2000"."""
+    delta = {name: n - before.get(name, 0) for name, n in sorted(after.items())}
+    return ", ".join(f"{name} {n:.0f}" for name, n in delta.items() if n)
 
 
 def target_count(stack: Stack, bucket: str) -> int:
@@ -375,7 +400,10 @@ def main(names: list[str]) -> None:
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         sys.exit(f"unknown scenario(s) {sorted(unknown)}; choose from {sorted(SCENARIOS)}")
-    stack = Stack(rabbitmq=True).start()
+    stack = Stack(rabbitmq=True)
+    for server in (stack.source, stack.target):  # request counts from MinIO's own metrics
+        server.extra_env["MINIO_PROMETHEUS_AUTH_TYPE"] = "public"
+    stack.start()
     try:
         rows = [row for name in chosen for row in SCENARIOS[name](stack)]
     finally:
