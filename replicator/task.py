@@ -33,11 +33,6 @@ class Task:
         body = {k: v for k, v in asdict(self).items() if v not in ("", None)}
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
-    @property
-    def identity(self) -> str:
-        """Deduplication identity: the same object version published twice is one upload."""
-        return f"{self.bucket}/{self.key}@{self.etag or self.sequencer}"
-
 
 def from_dict(body: dict[str, Any]) -> Task:
     if body.get("v") != VERSION:
