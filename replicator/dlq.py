@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from . import broker, topology, worker
+from . import broker, message, topology
 from .config import Settings
 from .filters import pairs_for
 from .task import MalformedTask
@@ -25,7 +25,7 @@ class Parked:
     def describe(self, settings: Settings) -> dict[str, object]:
         bucket = key = ""
         with contextlib.suppress(MalformedTask):
-            tasks = worker.parse(self.body)
+            tasks = message.parse(self.body)
             if tasks:
                 bucket, key = tasks[0].bucket, tasks[0].key
         pairs = pairs_for(settings, bucket, key) if key else []
@@ -34,12 +34,19 @@ class Parked:
             "bucket": bucket,
             "key": key or self.body[:80].decode(errors="replace"),
             "pair": ", ".join(str(p) for p in pairs) or "-",
-            "reason": self.headers.get(worker.ERROR)
+            "reason": message.text(self.headers, message.ERROR)
             or f"rejected by RabbitMQ ({deaths[0].get('reason', 'unknown')})",
-            "attempts": int(self.headers.get(worker.ATTEMPT, 0)) + 1,
-            "first_failure": str(self.headers.get(worker.FIRST_FAILURE, "")),
-            "last_failure": str(self.headers.get(worker.LAST_FAILURE, "")),
+            "attempts": _attempts(self.headers),
+            "first_failure": message.text(self.headers, message.FIRST_FAILURE),
+            "last_failure": message.text(self.headers, message.LAST_FAILURE),
         }
+
+
+def _attempts(headers: dict) -> int | str:
+    try:
+        return message.attempt(headers) + 1
+    except MalformedTask:
+        return "unknown"
 
 
 @contextlib.contextmanager
@@ -70,11 +77,11 @@ def replay(settings: Settings, keys: set[str] | None) -> int:
         for item in parked:
             if keys is not None and item.describe(settings)["key"] not in keys:
                 continue
-            first = item.headers.get(worker.FIRST_FAILURE)
+            first = item.headers.get(message.FIRST_FAILURE)
             properties = pika.BasicProperties(
                 delivery_mode=pika.DeliveryMode.Persistent,
                 content_type="application/json",
-                headers={worker.FIRST_FAILURE: first} if first else {},
+                headers={message.FIRST_FAILURE: first} if first else {},
             )
             channel.basic_publish(
                 topology.EXCHANGE, topology.TASKS, item.body, properties, mandatory=True

@@ -9,7 +9,6 @@ never holds more than one waiting message per thread.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import signal
@@ -23,39 +22,19 @@ from functools import partial
 import pika
 import tenacity
 
-from . import broker, events, health, metrics, topology
+from . import broker, health, metrics, topology
+from .message import ATTEMPT, ERROR, FIRST_FAILURE, LAST_FAILURE, now, parse
 from .config import Settings
 from .copier import Copier, Outcome
 from .digest import Digest
 from .errors import CopyError, Kind
-from .task import MalformedTask, Task, from_dict
+from .task import MalformedTask, Task
 
 log = logging.getLogger(__name__)
 
-ATTEMPT = "x-mirror-attempt"  # delayed retries spent so far
-ERROR = "x-mirror-error"
-FIRST_FAILURE = "x-mirror-first-failure"
-LAST_FAILURE = "x-mirror-last-failure"
 IN_PROCESS_ATTEMPTS = 3
 OUTAGE_PROBE_S = (1, 10)  # first and longest wait between probes of a down target
 PENDING_EVERY_S = 5  # how often the queue depth is read for the pending gauge
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def parse(body: bytes) -> list[Task]:
-    """Our task, or MinIO's own event body (its AMQP target); else MalformedTask."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedTask(f"message is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise MalformedTask("message is not a JSON object")
-    if events.is_event_body(data):
-        return events.tasks_from_body(data, origin="amqp")
-    return [from_dict(data)]
 
 
 def replication_latency(task: Task) -> float | None:
