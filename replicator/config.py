@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 T = TypeVar("T")
 
@@ -40,6 +40,49 @@ _PAIR = re.compile(
 )
 
 
+# Upper bounds: beyond them a value is a typo, and some would crash far from here
+# (AMQP prefetch is 16-bit, timers overflow), so they are refused up front.
+MAX_WORKERS = 256
+MAX_PAIRS = 64
+MAX_INTERVAL_S = 86_400
+SHOWN_MAX = 200  # characters of a bad value repeated in its message
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits only: int() also takes "٣" and "1_0"
+# `scheme://userinfo@` anywhere in a value, and (in URL variables) a bare `userinfo@host`.
+_URL_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/?#\s]*)@")
+_BARE_USERINFO = re.compile(r"^(?P<head>)(?P<info>[^/?#\s]*)@")
+# Segments MinIO refuses in object names, so a prefix holding them can never match a key.
+_BAD_SEGMENTS = {".", ".."}
+# botocore's own check: anything else fails when the first client is made.
+_REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+
+
+def _mask_info(match: re.Match[str]) -> str:
+    user, sep, _ = match["info"].partition(":")
+    return f"{match['head']}{user}:****@" if sep else f"{match['head']}****@"
+
+
+def mask(value: str, *, url: bool = False) -> str:
+    """`value` with every URL password (or lone userinfo, often a token) shown as ****.
+
+    `url=True` also masks a `user:password@host` written without a scheme.
+    """
+    masked = _URL_USERINFO.sub(_mask_info, value)
+    if url and masked == value:
+        masked = _BARE_USERINFO.sub(_mask_info, value)
+    return masked
+
+
+def shown(variable: str, value: str) -> str:
+    """How a given value may appear in a message: secrets masked, printable."""
+    value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    is_url = variable.endswith(("_URL", "_URLS"))
+    masked = mask(value, url=is_url)
+    if variable in SECRET_VARIABLES and not (is_url and masked != value):
+        return "****"
+    return masked if len(masked) <= SHOWN_MAX else masked[:SHOWN_MAX] + "..."
+
+
 class ConfigError(ValueError):
     """A user error in the environment: exit code 2, one clear line."""
 
@@ -48,8 +91,7 @@ class ConfigError(ValueError):
         if given is None:
             text = f"{variable}: not set; expected {expected}"
         else:
-            shown = "****" if variable in SECRET_VARIABLES else given
-            text = f'{variable}: "{shown}" is not {expected}'
+            text = f'{variable}: "{shown(variable, given)}" is not {expected}'
         super().__init__(text)
 
 
@@ -150,7 +192,15 @@ class _Reader:
 
     def raw(self, name: str) -> str | None:
         value = self.environ.get(name)
-        return value.strip() if value is not None and value.strip() else None
+        if value is None or not value.strip():
+            return None
+        try:
+            value.encode("utf-8")  # undecodable bytes arrive as lone surrogates
+        except UnicodeEncodeError:
+            raise ConfigError(name, value, "valid UTF-8 text") from None
+        if "\0" in value:
+            raise ConfigError(name, value.replace("\0", "\\0"), "text without NUL characters")
+        return value.strip()
 
     def required(self, name: str, expected: str) -> str:
         value = self.raw(name)
@@ -172,29 +222,63 @@ def parse_bool(name: str, value: str) -> bool:
     raise ConfigError(name, value, "a boolean (true or false)")
 
 
+def parse_int_range(low: int, high: int, example: int) -> Callable[[str, str], int]:
+    """A parser for a whole number in [low, high] (ASCII digits; no NaN, no 1e3)."""
+
+    def parse(name: str, value: str) -> int:
+        if not _INTEGER.fullmatch(value) or not low <= int(value) <= high:
+            raise ConfigError(name, value, f"an integer from {low} to {high} (example: {example})")
+        return int(value)
+
+    return parse
+
+
 def parse_positive_int(name: str, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ConfigError(name, value, "a positive integer (example: 10)")
-    return number
+    """Kept for callers without a natural bound; prefer parse_int_range with a real one."""
+    return parse_int_range(1, 1_000_000, 10)(name, value)
 
 
 def parse_workers(name: str, value: str) -> int | None:
-    return None if value.lower() == "auto" else parse_positive_int(name, value)
+    if value.lower() == "auto":
+        return None
+    try:
+        return parse_int_range(1, MAX_WORKERS, 10)(name, value)
+    except ConfigError:
+        raise ConfigError(
+            name, value, f"auto or an integer from 1 to {MAX_WORKERS} (example: 10)"
+        ) from None
+
+
+def _split_url(name: str, value: str, schemes: tuple[str, ...], expected: str) -> SplitResult:
+    """urlsplit with every way a URL can be unusable turned into a ConfigError."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL": no value
+        raise ConfigError(name, value, f"{expected} ({exc})") from None
+    if parts.scheme.lower() not in schemes or not parts.hostname:
+        raise ConfigError(name, value, expected)
+    if not parts.hostname.isascii() or not _HOST.fullmatch(parts.hostname):
+        raise ConfigError(name, value, f"{expected}; the host must be ASCII (punycode for IDN)")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(name, value, f"{expected}; the port must be 1 to 65535")
+    return parts
 
 
 def parse_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
-        raise ConfigError(name, value, "a URL with scheme and host (example: http://minio:9000)")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise ConfigError(name, value, "a URL with a numeric port") from None
-    return f"{parts.scheme}://{parts.netloc}"
+    expected = "a URL with scheme and host (example: http://minio:9000)"
+    parts = _split_url(name, value, ("http", "https"), expected)
+    if parts.path.strip("/"):
+        raise ConfigError(name, value, expected)
+    if "@" in parts.netloc:
+        side = name.removesuffix("_URL")
+        raise ConfigError(
+            name,
+            value,
+            f"a URL without user:password@ (credentials go in {side}_ACCESS_KEY and "
+            f"{side}_SECRET_KEY)",
+        )
+    return f"{parts.scheme.lower()}://{parts.netloc}"
 
 
 def parse_pair(name: str, spec: str) -> BucketPair:
@@ -202,6 +286,9 @@ def parse_pair(name: str, spec: str) -> BucketPair:
     match = _PAIR.match(spec)
     if not match:
         raise ConfigError(name, spec, f"{PAIR_FORM} (example: {PAIR_EXAMPLE})")
+    for path in (match["sp"] or "", match["tp"] or ""):
+        if any(segment in _BAD_SEGMENTS for segment in path.split("/")):
+            raise ConfigError(name, spec, f"{PAIR_FORM} with no '.' or '..' path segments")
     for side, alias in (("sa", SOURCE_ALIAS), ("ta", TARGET_ALIAS)):
         if match[side] != alias:
             where = "left (source)" if side == "sa" else "right (target)"
@@ -241,8 +328,32 @@ def parse_patterns(name: str, value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
+def check_key_path(name: str, value: str, what: str) -> None:
+    """Refuse a prefix or pair path that can never be part of a MinIO object key."""
+    if "\0" in value:
+        raise ConfigError(name, value.replace("\0", "\\0"), f"{what} (no NUL characters)")
+    if any(segment in _BAD_SEGMENTS for segment in value.split("/")):
+        raise ConfigError(name, value, f"{what} (no '.' or '..' segments)")
+
+
 def parse_prefix(name: str, value: str) -> str:
+    expected = "a key prefix relative to the bucket (example: 2025/01/22)"
+    if value.startswith("/"):
+        raise ConfigError(name, value, f"{expected}, without a leading '/'")
+    check_key_path(name, value, expected)
     return _clean_path(value)
+
+
+def parse_region(name: str, value: str) -> str:
+    if not _REGION.fullmatch(value):
+        raise ConfigError(name, value, "an AWS region name (example: ap-northeast-2)")
+    return value
+
+
+def parse_token(name: str, value: str) -> str:
+    if not re.fullmatch(r"[!-~]+", value):
+        raise ConfigError(name, value, "a token of printable ASCII characters without spaces")
+    return value
 
 
 def parse_file(name: str, value: str) -> str:
@@ -261,10 +372,15 @@ def parse_choice(*choices: str) -> Callable[[str, str], str]:
 
 
 def parse_amqp_url(name: str, value: str) -> str:
-    if urlsplit(value).scheme not in ("amqp", "amqps") or not urlsplit(value).hostname:
-        raise ConfigError(
-            name, value, "an AMQP URL (example: amqp://user:password@rabbitmq:5672/%2F)"
-        )
+    expected = "an AMQP URL (example: amqp://user:password@rabbitmq:5672/%2F)"
+    _split_url(name, value, ("amqp", "amqps"), expected)
+    import pika  # its own parser has the last word (query options, vhost, ...)
+
+    try:
+        pika.URLParameters(value)
+    except Exception as exc:  # pika raises ValueError, TypeError, KeyError ...
+        problem = mask(str(exc), url=True)
+        raise ConfigError(name, value, f"{expected}: {problem}") from None
     return value
 
 
@@ -289,13 +405,13 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         pairs=parse_pairs(env),
         exclude=env.get("MIRROR_EXCLUDE", parse_patterns, ()),
         max_workers=env.get("MIRROR_MAX_WORKERS", parse_workers, None),
-        max_pairs=env.get("MIRROR_MAX_PAIRS", parse_positive_int, 3),
+        max_pairs=env.get("MIRROR_MAX_PAIRS", parse_int_range(1, MAX_PAIRS, 5), 3),
         dry_run=env.get("MIRROR_DRY_RUN", parse_bool, False),
         skip_errors=env.get("MIRROR_SKIP_ERRORS", parse_bool, True),
         debug=env.get("MIRROR_DEBUG", parse_bool, False),
         prefix=env.get("MIRROR_PREFIX", parse_prefix, ""),
         overwrite=env.get("MIRROR_OVERWRITE", parse_bool, True),
-        aws_region=env.raw("AWS_REGION"),
+        aws_region=env.get("AWS_REGION", parse_region, None),
         tls_verify=env.get("MIRROR_TLS_VERIFY", parse_bool, True),
         ca_bundle=env.get("MIRROR_CA_BUNDLE", parse_file, None),
         slack_token=env.raw("SLACK_BOT_TOKEN"),
@@ -306,25 +422,29 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         ),
         log_format=env.get("MIRROR_LOG_FORMAT", parse_choice("text", "json"), "text"),
         listener_mode=env.get("LISTENER_MODE", parse_choice("stream", "webhook"), "stream"),
-        webhook_token=env.raw("WEBHOOK_AUTH_TOKEN"),
+        webhook_token=env.get("WEBHOOK_AUTH_TOKEN", parse_token, None),
         webhook_address=env.get("WEBHOOK_ADDRESS", parse_address, ("0.0.0.0", 8080)),
         metrics_address=env.get("METRICS_ADDRESS", parse_address, ("0.0.0.0", 9100)),
-        digest_interval=env.get("MIRROR_DIGEST_INTERVAL", parse_positive_int, 300),
+        digest_interval=env.get(
+            "MIRROR_DIGEST_INTERVAL", parse_int_range(1, MAX_INTERVAL_S, 900), 300
+        ),
     )
 
 
 def parse_url_with_path(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(name, value, "a URL (example: https://slack.com/api/)")
+    _split_url(name, value, ("http", "https"), "a URL (example: https://slack.com/api/)")
     return value if value.endswith("/") else value + "/"
 
 
 def parse_address(name: str, value: str) -> tuple[str, int]:
+    expected = "a listen address host:port, port 1 to 65535 (example: 0.0.0.0:8080)"
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(name, value, "a listen address host:port (example: 0.0.0.0:8080)")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    host = host.strip("[]")
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise ConfigError(name, value, expected)
+    if host and not _HOST.fullmatch(host):
+        raise ConfigError(name, value, expected)
+    return host or "0.0.0.0", int(port)
 
 
 def rabbitmq_password(url: str) -> str | None:

@@ -46,7 +46,7 @@ def test_seed_options():
         MIRROR_DRY_RUN="TRUE",
         MIRROR_SKIP_ERRORS="false",
         MIRROR_DEBUG="yes",
-        MIRROR_PREFIX="/2025/01/22/",
+        MIRROR_PREFIX="2025/01/22/",
         MIRROR_OVERWRITE="0",
         MIRROR_MAX_PAIRS="5",
         SLACK_BOT_TOKEN="xoxb-1",
@@ -109,22 +109,129 @@ def test_wrong_alias():
     [
         ("MIRROR_DRY_RUN", "maybe", "a boolean (true or false)"),
         ("MIRROR_SKIP_ERRORS", "2", "a boolean (true or false)"),
-        ("MIRROR_MAX_WORKERS", "ten", "a positive integer (example: 10)"),
-        ("MIRROR_MAX_WORKERS", "0", "a positive integer (example: 10)"),
-        ("MIRROR_MAX_PAIRS", "-1", "a positive integer (example: 10)"),
+        ("MIRROR_MAX_WORKERS", "ten", "auto or an integer from 1 to 256 (example: 10)"),
+        ("MIRROR_MAX_WORKERS", "0", "auto or an integer from 1 to 256 (example: 10)"),
+        ("MIRROR_MAX_WORKERS", "40000", "auto or an integer from 1 to 256 (example: 10)"),
+        ("MIRROR_MAX_PAIRS", "-1", "an integer from 1 to 64 (example: 5)"),
+        ("MIRROR_MAX_PAIRS", "65", "an integer from 1 to 64 (example: 5)"),
+        ("MIRROR_DIGEST_INTERVAL", "86401", "an integer from 1 to 86400 (example: 900)"),
         ("MINIO_URL", "minio:9000", "a URL with scheme and host (example: http://minio:9000)"),
         ("AWS_URL", "ftp://x", "a URL with scheme and host (example: http://minio:9000)"),
         ("MIRROR_LOG_FORMAT", "xml", "one of: text, json"),
-        ("WEBHOOK_ADDRESS", "8080", "a listen address host:port (example: 0.0.0.0:8080)"),
+        (
+            "WEBHOOK_ADDRESS",
+            "8080",
+            "a listen address host:port, port 1 to 65535 (example: 0.0.0.0:8080)",
+        ),
     ],
 )
 def test_bad_values_name_variable_value_and_form(name, value, expected):
     assert error(**{name: value}) == f'{name}: "{value}" is not {expected}'
 
 
-def test_secrets_are_masked_in_errors():
-    message = error(RABBITMQ_URL="http://guest:hunter2@rabbit/")
-    assert "hunter2" not in message and message.startswith('RABBITMQ_URL: "****" is not')
+# Hostile values: every one is a configuration error (exit 2) naming its variable, never
+# a crash later (struct.error from a 16-bit AMQP prefetch, OverflowError from a timer,
+# botocore's InvalidRegionError, pika's ValueError, a bind() on a garbage host...).
+HOSTILE = (
+    [
+        ("MIRROR_MAX_WORKERS", v)
+        for v in ["40000", "257", "-1", "nan", "inf", "1e3", "1_0", "٣", "²", "9" * 5000, "0x10"]
+    ]
+    + [("MIRROR_MAX_PAIRS", v) for v in ["0", "65", "nan", "1.5", "99999999999999999999999", "٣"]]
+    + [
+        ("MIRROR_DIGEST_INTERVAL", v)
+        for v in ["0", "-5", "1e10", "10000000000", "nan", "300s", "٣٠٠"]
+    ]
+    + [
+        ("MIRROR_DRY_RUN", "ｔｒｕｅ"),
+        ("MIRROR_DEBUG", "nan"),
+        ("MINIO_URL", "http://[::1"),
+        ("MINIO_URL", "http://minio:99999"),
+        ("MINIO_URL", "http://minio:0"),
+        ("MINIO_URL", "http://minio:port"),
+        ("MINIO_URL", "http://mínio:9000"),
+        ("MINIO_URL", "http://"),
+        ("AWS_URL", "https://s3.amazonaws.com/bucket"),
+        ("AWS_URL", "https:///nohost"),
+        ("SLACK_API_URL", "http://[zz"),
+        ("SLACK_API_URL", "http://slack:70000/api/"),
+        ("RABBITMQ_URL", "amqp://rabbit:99999/%2F"),
+        ("RABBITMQ_URL", "amqp://[::1"),
+        ("RABBITMQ_URL", "amqp://g:g@rabbit:5672/%2F?heartbeat=soon"),
+        ("RABBITMQ_URL", "http://rabbit/"),
+        ("WEBHOOK_ADDRESS", "0.0.0.0:65536"),
+        ("WEBHOOK_ADDRESS", "0.0.0.0:0"),
+        ("WEBHOOK_ADDRESS", "0.0.0.0:-1"),
+        ("WEBHOOK_ADDRESS", "0.0.0.0:²"),
+        ("WEBHOOK_ADDRESS", "0.0.0.0:"),
+        ("WEBHOOK_ADDRESS", "höst:8080"),
+        ("WEBHOOK_ADDRESS", "a b:8080"),
+        ("METRICS_ADDRESS", "127.0.0.1:99999"),
+        ("METRICS_ADDRESS", "nan"),
+        ("METRICS_ADDRESS", "127.0.0.1:9_100"),
+        ("AWS_REGION", "../../etc"),
+        ("AWS_REGION", "서울"),
+        ("AWS_REGION", "a" * 100),
+        ("MIRROR_PREFIX", "../x"),
+        ("MIRROR_PREFIX", "a/../../x"),
+        ("MIRROR_PREFIX", "/2025/01/22"),
+        ("MIRROR_PREFIX", "./2025"),
+        ("MIRROR_PREFIX", "2025/\0/x"),
+        ("BUCKET_PAIR", "minio/src/../x:aws/dst"),
+        ("BUCKET_PAIRS", "minio/src:aws/dst/./x"),
+        ("LISTENER_MODE", "ｓｔｒｅａｍ"),
+        ("MIRROR_EXCLUDE", "*.tmp,\udcff"),
+        ("SERVICE", "bad\udcffname"),
+        ("WEBHOOK_AUTH_TOKEN", "tøken"),
+        ("WEBHOOK_AUTH_TOKEN", "two words"),
+    ]
+)
+
+
+@pytest.mark.parametrize(("name", "value"), HOSTILE)
+def test_hostile_values_are_configuration_errors(name, value):
+    message = error(**{name: value})
+    assert message.startswith(f"{name}: "), message
+    assert "\n" not in message and len(message) < 500, message
+    message.encode("utf-8")  # printable as given: no lone surrogates
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret", "masked"),
+    [
+        ("MINIO_URL", "ftp://u:pw-s3cr3t@h", "pw-s3cr3t", "ftp://u:****@h"),
+        ("MINIO_URL", "http://u:pw-s3cr3t@minio:9000", "pw-s3cr3t", "http://u:****@minio:9000"),
+        ("MINIO_URL", "u:pw-s3cr3t@minio:9000", "pw-s3cr3t", "u:****@minio:9000"),
+        ("AWS_URL", "https://TOKENONLY@s3.amazonaws.com", "TOKENONLY", "https://****@s3"),
+        ("AWS_URL", "https://u:p@ss@s3.amazonaws.com/x", "p@ss", "https://u:****@s3"),
+        ("SLACK_API_URL", "ftp://u:pw-s3cr3t@slack/api/", "pw-s3cr3t", "ftp://u:****@slack"),
+        ("RABBITMQ_URL", "http://guest:hunter2@rabbit/", "hunter2", "http://guest:****@rabbit/"),
+        ("RABBITMQ_URL", "amqp://g:hunter2@rabbit:99999/", "hunter2", "amqp://g:****@rabbit"),
+        ("RABBITMQ_URL", "hunter2", "hunter2", '"****"'),
+        ("RABBITMQ_URL", "amqp:/g:hunter2@rabbit", "hunter2", '"****"'),
+        ("WEBHOOK_AUTH_TOKEN", "sécret token", "sécret", '"****"'),
+        ("MIRROR_PREFIX", "ftp://u:pw-s3cr3t@h/../x", "pw-s3cr3t", "ftp://u:****@h"),
+    ],
+)
+def test_secrets_are_masked_in_errors(name, value, secret, masked):
+    message = error(**{name: value})
+    assert message.startswith(f"{name}: ")
+    assert secret not in message and masked in message, message
+
+
+def test_upper_bounds_are_accepted():
+    s = load(MIRROR_MAX_WORKERS="256", MIRROR_MAX_PAIRS="64", MIRROR_DIGEST_INTERVAL="86400")
+    assert (s.max_workers, s.max_pairs, s.digest_interval) == (256, 64, 86400)
+    s = load(
+        WEBHOOK_ADDRESS="[::1]:65535",
+        METRICS_ADDRESS=":1",
+        AWS_REGION="ap-northeast-2",
+        MIRROR_PREFIX="2025/01/22/",
+        RABBITMQ_URL="amqps://u:p@rabbit.example:5671/%2F?heartbeat=30",
+        WEBHOOK_AUTH_TOKEN="a-Long_random.token~!",
+    )
+    assert (s.webhook_address, s.metrics_address) == (("::1", 65535), ("0.0.0.0", 1))
+    assert (s.aws_region, s.prefix) == ("ap-northeast-2", "2025/01/22")
 
 
 def test_secrets_list_for_log_scrubbing():
