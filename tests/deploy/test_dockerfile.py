@@ -12,7 +12,8 @@ from dockerfile_parse import DockerfileParser
 from replicator.config import SECRET_VARIABLES
 from tests.deploy.conftest import REPO
 
-SEED = REPO.parent / "shared" / "seed" / "minio-s3-mirror.README.ko.md"
+# The seed README's `docker run` examples, vendored: a clone has no ../shared beside it.
+SEED_RUNS = REPO / "tests" / "deploy" / "data" / "seed-docker-runs.md"
 
 
 def parsed() -> DockerfileParser:
@@ -71,7 +72,7 @@ def test_dockerignore_keeps_local_state_out():
 
 def seed_docker_runs() -> list[list[str]]:
     """Every `docker run` command in the seed README's code blocks, continuations joined."""
-    text = SEED.read_text()
+    text = SEED_RUNS.read_text(encoding="utf-8")
     blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.DOTALL)
     runs = []
     for block in blocks:
@@ -86,7 +87,7 @@ def seed_docker_runs() -> list[list[str]]:
 
 def test_seed_docker_runs_use_the_entrypoint_and_default_command(known_variables):
     runs = seed_docker_runs()
-    assert runs, "no docker run found in the seed README"
+    assert len(runs) == 10, f"expected the seed README's 10 docker run examples, found {len(runs)}"
     for argv in runs:
         # The image is the last word: nothing after it, so the default command runs.
         assert argv[-1] == "minio-s3-mirror:latest", argv
