@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
 
-from . import broker, slack, topology, troubleshoot
+from . import broker, slack, topology
 from .config import Settings
 from .copier import client
-from .mc import McMissing, find_binary
+from .reconcile import troubleshoot
+from .reconcile.mc import McMissing, find_binary
 
 PROBE_PREFIX = ".minio-s3-mirror-check/"
 

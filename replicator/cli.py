@@ -57,9 +57,10 @@ def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
     At most MIRROR_MAX_PAIRS pairs run at once. Exits 0 only when every pair
     succeeded; a Slack report is sent when SLACK_BOT_TOKEN and SLACK_CHANNEL_ID are set.
     """
-    from . import slack, summary
-    from .mc import McMissing, find_binary
-    from .reconcile import reconcile as run_reconcile
+    from . import slack
+    from .reconcile import summary
+    from .reconcile.mc import McMissing, find_binary
+    from .reconcile.runner import reconcile as run_reconcile
 
     settings = load_settings(
         {"MIRROR_DRY_RUN": "true" if dry_run else None, "MIRROR_PREFIX": prefix}

@@ -8,8 +8,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from .config import Settings
-from .reconcile import RunResult
-from .summary import human_bytes, pair_outcome
+from .reconcile.runner import RunResult
+from .reconcile.summary import human_bytes, pair_outcome
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from replicator import mc_output
-from replicator.mc_output import Copied, Difference, Failure, Totals
+from replicator.reconcile import mc_output
+from replicator.reconcile.mc_output import Copied, Difference, Failure, Totals
 
-DATA = Path(__file__).parent / "data" / "mc"
+DATA = Path(__file__).parents[1] / "data" / "mc"
 
 
 def records(name: str) -> list:

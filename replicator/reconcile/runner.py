@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..config import SOURCE_ALIAS, TARGET_ALIAS, BucketPair, Settings
+from ..filters import KeyFilter
 from . import mc_output
-from .config import SOURCE_ALIAS, TARGET_ALIAS, BucketPair, Settings
-from .filters import KeyFilter
 from .mc import Mc, session
 from .mc_output import Copied, Difference, Failure, Totals
 from .troubleshoot import FAILED_TO_ACCESS_ALIAS, Cause, diagnose

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .reconcile import PairResult, RunResult
+from .runner import PairResult, RunResult
 
 _SHOWN = 10  # keys listed per pair before "... and N more"
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from .config import SOURCE_ALIAS, TARGET_ALIAS, Endpoint, Settings
+from ..config import SOURCE_ALIAS, TARGET_ALIAS, Endpoint, Settings
 
 
 class McMissing(RuntimeError):

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from replicator import mc_output, troubleshoot
+from replicator.reconcile import mc_output, troubleshoot
 
-DATA = Path(__file__).parent / "data" / "mc"
+DATA = Path(__file__).parents[1] / "data" / "mc"
 
 
 def cause_of(name: str):
