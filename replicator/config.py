@@ -45,6 +45,8 @@ _PAIR = re.compile(
 MAX_WORKERS = 256
 MAX_PAIRS = 64
 MAX_INTERVAL_S = 86_400
+RECONCILE_TIMEOUT_S = 6 * 3600  # MIRROR_RECONCILE_TIMEOUT; the CronJob's deadline is above it
+MAX_RECONCILE_TIMEOUT_S = 7 * 86_400
 SHOWN_MAX = 200  # characters of a bad value repeated in its message
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits only: int() also takes "٣" and "1_0"
 # `scheme://userinfo@` anywhere in a value, and (in URL variables) a bare `userinfo@host`.
@@ -170,6 +172,7 @@ class Settings:
     webhook_address: tuple[str, int] = ("0.0.0.0", 8080)
     metrics_address: tuple[str, int] = ("0.0.0.0", 9100)
     digest_interval: int = 300
+    reconcile_timeout_s: int = RECONCILE_TIMEOUT_S
 
     @property
     def slack_enabled(self) -> bool:
@@ -229,6 +232,31 @@ def parse_int_range(low: int, high: int, example: int) -> Callable[[str, str], i
         if not _INTEGER.fullmatch(value) or not low <= int(value) <= high:
             raise ConfigError(name, value, f"an integer from {low} to {high} (example: {example})")
         return int(value)
+
+    return parse
+
+
+_DURATION = re.compile(r"(?:[0-9]+[dhms])+|[0-9]+")
+_UNIT_S = {"d": 86_400, "h": 3600, "m": 60, "s": 1, "": 1}
+
+
+def parse_duration(low: int, high: int, example: str) -> Callable[[str, str], int]:
+    """A parser for a duration in whole seconds within [low, high]: `90`, `45m`, `1h30m`."""
+
+    def parse(name: str, value: str) -> int:
+        text = value.lower()
+        seconds = -1
+        if _DURATION.fullmatch(text):
+            parts = re.findall(r"([0-9]+)([dhms]?)", text)
+            seconds = sum(int(n) * _UNIT_S[unit] for n, unit in parts)
+        if not low <= seconds <= high:
+            raise ConfigError(
+                name,
+                value,
+                f"a duration from {low}s to {high // 86_400}d: seconds or with a unit s, m, h, d "
+                f"(example: {example})",
+            )
+        return seconds
 
     return parse
 
@@ -427,6 +455,11 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         metrics_address=env.get("METRICS_ADDRESS", parse_address, ("0.0.0.0", 9100)),
         digest_interval=env.get(
             "MIRROR_DIGEST_INTERVAL", parse_int_range(1, MAX_INTERVAL_S, 900), 300
+        ),
+        reconcile_timeout_s=env.get(
+            "MIRROR_RECONCILE_TIMEOUT",
+            parse_duration(1, MAX_RECONCILE_TIMEOUT_S, "6h"),
+            RECONCILE_TIMEOUT_S,
         ),
     )
 
