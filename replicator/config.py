@@ -170,6 +170,8 @@ class Settings:
     listener_mode: str = "stream"
     webhook_token: str | None = field(default=None, repr=False)
     webhook_address: tuple[str, int] = ("0.0.0.0", 8080)
+    webhook_read_timeout: int = 30  # s; above MinIO's 15 s idle-connection timeout
+    webhook_max_connections: int = 128
     metrics_address: tuple[str, int] = ("0.0.0.0", 9100)
     digest_interval: int = 300
     reconcile_timeout_s: int = RECONCILE_TIMEOUT_S
@@ -181,7 +183,7 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every secret value, so log output can be scrubbed of them."""
         values = [self.source.secret_key, self.slack_token, self.webhook_token]
-        values.append(rabbitmq_password(self.rabbitmq_url))
+        values += rabbitmq_passwords(self.rabbitmq_url)
         if self.target:
             values.append(self.target.secret_key)
         return [v for v in values if v]
@@ -400,15 +402,22 @@ def parse_choice(*choices: str) -> Callable[[str, str], str]:
 
 
 def parse_amqp_url(name: str, value: str) -> str:
-    expected = "an AMQP URL (example: amqp://user:password@rabbitmq:5672/%2F)"
-    _split_url(name, value, ("amqp", "amqps"), expected)
+    """One AMQP URL, or several nodes of one cluster separated by commas (tried in order)."""
+    expected = (
+        "an AMQP URL, or several nodes' URLs separated by commas "
+        "(example: amqp://user:password@rabbitmq:5672/%2F)"
+    )
     import pika  # its own parser has the last word (query options, vhost, ...)
 
-    try:
-        pika.URLParameters(value)
-    except Exception as exc:  # pika raises ValueError, TypeError, KeyError ...
-        problem = mask(str(exc), url=True)
-        raise ConfigError(name, value, f"{expected}: {problem}") from None
+    for url in value.split(","):
+        if not url.strip():
+            raise ConfigError(name, value, f"{expected}; one of the URLs is empty")
+        _split_url(name, url.strip(), ("amqp", "amqps"), expected)
+        try:
+            pika.URLParameters(url.strip())
+        except Exception as exc:  # pika raises ValueError, TypeError, KeyError ...
+            problem = mask(str(exc), url=True)
+            raise ConfigError(name, value, f"{expected}: {problem}") from None
     return value
 
 
@@ -452,6 +461,10 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         listener_mode=env.get("LISTENER_MODE", parse_choice("stream", "webhook"), "stream"),
         webhook_token=env.get("WEBHOOK_AUTH_TOKEN", parse_token, None),
         webhook_address=env.get("WEBHOOK_ADDRESS", parse_address, ("0.0.0.0", 8080)),
+        webhook_read_timeout=env.get("WEBHOOK_READ_TIMEOUT", parse_int_range(1, 3600, 30), 30),
+        webhook_max_connections=env.get(
+            "WEBHOOK_MAX_CONNECTIONS", parse_int_range(1, 10_000, 128), 128
+        ),
         metrics_address=env.get("METRICS_ADDRESS", parse_address, ("0.0.0.0", 9100)),
         digest_interval=env.get(
             "MIRROR_DIGEST_INTERVAL", parse_int_range(1, MAX_INTERVAL_S, 900), 300
@@ -481,4 +494,10 @@ def parse_address(name: str, value: str) -> tuple[str, int]:
 
 
 def rabbitmq_password(url: str) -> str | None:
-    return urlsplit(url).password
+    """The password of RABBITMQ_URL (of its first URL that has one, for a node list)."""
+    return next(filter(None, rabbitmq_passwords(url)), None)
+
+
+def rabbitmq_passwords(url: str) -> list[str | None]:
+    """The password of every URL in RABBITMQ_URL (several nodes separated by commas)."""
+    return [urlsplit(one.strip()).password for one in url.split(",")]
