@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from fault_proxy import FaultProxy  # noqa: F401 - part of the stack (tests import it here)
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MIRROR_CACHE_DIR", REPO / ".cache"))
 BIN = CACHE / "bin"
@@ -129,14 +131,28 @@ class MinioServer:
         self.stop()
         return self.start()
 
-    def client(self, access_key: str | None = None, secret_key: str | None = None):
-        """A boto3 client, as root unless other credentials are given."""
+    def client(
+        self,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        *,
+        url: str | None = None,
+        attempts: int | None = None,
+    ):
+        """A boto3 client, as root unless other credentials are given.
+
+        `url` reaches this server another way (e.g. through a FaultProxy in front of it);
+        `attempts` caps the tries per request (first try included).
+        """
+        retries = {"max_attempts": 2, "mode": "standard"}  # botocore: 2 retries
+        if attempts is not None:
+            retries = {"total_max_attempts": attempts, "mode": "standard"}
         import boto3  # imported here to keep start-up light
         from botocore.config import Config
 
         return boto3.client(
             "s3",
-            endpoint_url=self.url,
+            endpoint_url=url or self.url,
             aws_access_key_id=access_key or self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
             region_name="us-east-1",
@@ -144,16 +160,19 @@ class MinioServer:
                 s3={"addressing_style": "path"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                retries={"max_attempts": 2, "mode": "standard"},
+                retries=retries,
             ),
         )
 
 
 class RabbitNode:
-    """A private RabbitMQ node (Debian's rabbitmq-server) on free ports."""
+    """A private RabbitMQ node (Debian's rabbitmq-server) on free ports.
 
-    def __init__(self, root: Path) -> None:
-        self.dir = root / "rabbitmq"
+    `name` is its directory under root; nodes of one cluster share `cookie`.
+    """
+
+    def __init__(self, root: Path, name: str = "rabbitmq", *, cookie: str | None = None) -> None:
+        self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.dist_port = free_port()
@@ -161,6 +180,10 @@ class RabbitNode:
         self.proc: subprocess.Popen[bytes] | None = None
         for sub in ("mnesia", "log"):
             (self.dir / sub).mkdir(exist_ok=True)
+        if cookie:  # Erlang reads $HOME/.erlang.cookie; HOME is this node's directory
+            path = self.dir / ".erlang.cookie"
+            path.write_text(cookie)
+            path.chmod(0o400)
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "rabbitmq.conf").write_text(
             "loopback_users = none\n"
@@ -240,6 +263,98 @@ class RabbitNode:
     def restart(self) -> RabbitNode:
         self.stop()
         return self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the node (its whole process group: the script and the Erlang VM)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class RabbitCluster:
+    """Three (or n) RabbitMQ nodes on one machine, clustered with `rabbitmqctl join_cluster`.
+
+    Each node has its own name, ports and data directory; all share one Erlang cookie.
+    Quorum queues declared on the cluster get a replica on every node.
+    """
+
+    def __init__(self, root: Path | None = None, size: int = 3) -> None:
+        self.root = root or Path(tempfile.mkdtemp(prefix="minio-s3-mirror-rabbits-"))
+        self.own_root = root is None
+        cookie = secrets.token_hex(16).upper()
+        self.nodes = [RabbitNode(self.root, f"rabbit-{i + 1}", cookie=cookie) for i in range(size)]
+
+    @property
+    def url(self) -> str:
+        """RABBITMQ_URL for clients: every node's AMQP URL, comma-separated."""
+        return ",".join(node.url for node in self.nodes)
+
+    def running(self) -> list[RabbitNode]:
+        return [node for node in self.nodes if node.running]
+
+    def node(self, name: str) -> RabbitNode:
+        """The node called `name` (Erlang node name, e.g. from leader())."""
+        return next(node for node in self.nodes if node.node == name)
+
+    def start(self) -> RabbitCluster:
+        first, *others = self.nodes
+        try:
+            first.start()
+            for node in others:
+                node.start()
+                for args in (("stop_app",), ("join_cluster", first.node), ("start_app",)):
+                    done = node._ctl(*args, timeout=120)
+                    if done.returncode != 0:
+                        raise RuntimeError(
+                            f"rabbitmqctl {' '.join(args)} on {node.node} failed:"
+                            f" {done.stdout}{done.stderr}"
+                        )
+            wait_until(
+                lambda: len(self.running_nodes()) == len(self.nodes), 120, "all nodes clustered"
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def running_nodes(self, via: RabbitNode | None = None) -> list[str]:
+        """Node names the cluster reports as running (asked through `via` or a live node)."""
+        via = via or self.running()[0]
+        done = via._ctl("cluster_status", "--formatter", "json", timeout=60)
+        if done.returncode != 0:
+            return []
+        return list(json.loads(done.stdout).get("running_nodes", []))
+
+    def queues(self, via: RabbitNode | None = None) -> dict[str, dict]:
+        """name -> {"leader": node, "members": [nodes], "online": [nodes]} for every queue."""
+        via = via or self.running()[0]
+        done = via._ctl(
+            "list_queues", "name", "type", "leader", "members", "online",
+            "--formatter", "json", "-q", timeout=60,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl list_queues failed: {done.stdout}{done.stderr}")
+        return {row["name"]: row for row in json.loads(done.stdout or "[]")}
+
+    def leader(self, queue: str, via: RabbitNode | None = None) -> RabbitNode:
+        """The node leading a quorum queue now."""
+        name = self.queues(via)[queue]["leader"]
+        return self.node(name)
+
+    def stop(self) -> None:
+        # Followers first, so the last node does not wait for a quorum that is leaving.
+        for node in reversed(self.nodes):
+            try:
+                node.stop()
+            except (OSError, subprocess.SubprocessError):
+                node.kill()
+        if self.own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class FakeSlack:

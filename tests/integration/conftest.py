@@ -84,6 +84,14 @@ def source_bucket(notifying) -> Iterator[Callable[[str | None], str]]:
 
 
 @pytest.fixture
+def fault_proxy(stack) -> Iterator[local_stack.FaultProxy]:
+    """A fault-injecting proxy in front of the target MinIO; tests add the rules."""
+    proxy = local_stack.FaultProxy(stack.target.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
 def amqp(rabbit) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
     """A channel with the topology declared and every queue purged before the test."""
     connection = pika.BlockingConnection(pika.URLParameters(rabbit.url))

@@ -1,0 +1,288 @@
+"""A fault-injecting HTTP reverse proxy for the test stack (in front of a MinIO server).
+
+Clients point their endpoint at the proxy and sign for the proxy's host:port; the proxy
+forwards each request as it came (method, path with query, every header in order
+including Host and Authorization, the body bytes) to the upstream server, which checks
+the signature against the same Host header. Responses are relayed the same way.
+
+A rule table, matched by substring of the object key (optionally for some methods only),
+replaces the upstream's answer with a fault:
+
+- ``bare500``:  500 with an HTML page and no S3 error code (a load balancer's error page)
+- ``reset``:    the connection is closed abruptly (TCP RST via SO_LINGER 0)
+- ``slowdown``: 503 with S3's ``<Error><Code>SlowDown</Code>...`` XML
+
+Every request is counted by (key, method). Request bodies are read whole before
+forwarding (test objects are small), so a stale upstream connection can be retried.
+If the upstream cannot be reached at all, the client's connection is reset too, as if
+the endpoint were down.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import struct
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("bare500", "reset", "slowdown")
+BARE_500 = (
+    b"<html><head><title>500 Internal Server Error</title></head>\r\n"
+    b"<body><center><h1>500 Internal Server Error</h1></center></body></html>\r\n"
+)
+HOP_BY_HOP = frozenset({"transfer-encoding"})  # re-framed by the proxy on the way back
+
+
+@dataclass(frozen=True)
+class Rule:
+    substring: str  # matched against the decoded object key
+    action: str  # one of ACTIONS
+    methods: frozenset[str] | None = None  # None: every method
+
+    def matches(self, key: str, method: str) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        return bool(key) and self.substring in key
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """(bucket, key) of a path-style S3 request path, both decoded."""
+    parts = urlsplit(path).path.lstrip("/").split("/", 1)
+    bucket = unquote(parts[0])
+    key = unquote(parts[1]) if len(parts) > 1 else ""
+    return bucket, key
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # keep-alive clients must not hold stop() up
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client or upstream that went away mid-request is part of the game here.
+        log.debug("fault proxy: request from %s failed", client_address, exc_info=True)
+
+
+class FaultProxy:
+    """A threaded reverse proxy on a loopback port with a fault rule table."""
+
+    def __init__(self, upstream_url: str, *, port: int = 0) -> None:
+        upstream = urlsplit(upstream_url)
+        if upstream.scheme != "http" or not upstream.hostname or not upstream.port:
+            raise ValueError(f"upstream {upstream_url!r} is not http://host:port")
+        self.upstream = (upstream.hostname, upstream.port)
+        self.lock = threading.Lock()
+        self.rules: list[Rule] = []
+        self.requests: Counter[tuple[str, str]] = Counter()  # (key, method) -> count
+        self.faults: Counter[tuple[str, str, str]] = Counter()  # (key, method, action)
+        self.server = _Server(("127.0.0.1", port), self._handler())
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="fault-proxy", daemon=True
+        )
+
+    # ---- control ---------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def add_rule(self, substring: str, action: str, methods: str | None = None) -> None:
+        """Answer requests for keys containing `substring` with a fault.
+
+        `methods` is e.g. "PUT" or "PUT,POST"; None means every method. The first
+        matching rule wins.
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"unknown fault {action!r} (expected one of {', '.join(ACTIONS)})")
+        allowed = (
+            None if methods is None else frozenset(m.strip().upper() for m in methods.split(","))
+        )
+        with self.lock:
+            self.rules.append(Rule(substring, action, allowed))
+
+    def clear(self) -> None:
+        """Drop every rule and reset the counters."""
+        with self.lock:
+            self.rules.clear()
+            self.requests.clear()
+            self.faults.clear()
+
+    def count(self, key: str, method: str | None = None) -> int:
+        """Requests seen for exactly this key (any method, or one)."""
+        with self.lock:
+            return sum(n for (k, m), n in self.requests.items() if k == key and method in (None, m))
+
+    def fault_count(self, key: str, action: str | None = None) -> int:
+        with self.lock:
+            return sum(
+                n for (k, _, a), n in self.faults.items() if k == key and action in (None, a)
+            )
+
+    def _decide(self, key: str, method: str) -> str | None:
+        with self.lock:
+            self.requests[(key, method)] += 1
+            for rule in self.rules:
+                if rule.matches(key, method):
+                    self.faults[(key, method, rule.action)] += 1
+                    return rule.action
+        return None
+
+    # ---- the request handler ---------------------------------------------------------
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 300  # an idle keep-alive client frees its thread eventually
+            upstream: http.client.HTTPConnection | None = None
+
+            def do_request(self) -> None:
+                method = self.command
+                body = self._read_body()
+                if body is None:
+                    return self._reset()
+                bucket, key = split_path(self.path)
+                action = proxy._decide(key, method)
+                if action == "reset":
+                    return self._reset()
+                if action == "bare500":
+                    return self._answer(500, "text/html", BARE_500 if method != "HEAD" else b"")
+                if action == "slowdown":
+                    xml = (
+                        '<?xml version="1.0" encoding="UTF-8"?>\n'
+                        "<Error><Code>SlowDown</Code>"
+                        "<Message>Please reduce your request rate.</Message>"
+                        f"<Key>{_xml(key)}</Key><BucketName>{_xml(bucket)}</BucketName>"
+                        f"<Resource>{_xml(urlsplit(self.path).path)}</Resource>"
+                        "<RequestId>FAULTPROXY</RequestId></Error>"
+                    ).encode()
+                    return self._answer(503, "application/xml", xml if method != "HEAD" else b"")
+                self._forward(method, body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_OPTIONS = do_PATCH = do_request
+
+            def _read_body(self) -> bytes | None:
+                """The request body exactly as sent (chunked framing kept); None if cut off."""
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    raw = bytearray()
+                    while True:
+                        line = self.rfile.readline(65537)
+                        if not line:
+                            return None
+                        raw += line
+                        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                        if size == 0:
+                            while True:  # trailers up to the empty line
+                                trailer = self.rfile.readline(65537)
+                                if not trailer:
+                                    return None
+                                raw += trailer
+                                if trailer in (b"\r\n", b"\n"):
+                                    return bytes(raw)
+                        chunk = self.rfile.read(size + 2)
+                        if len(chunk) < size + 2:
+                            return None
+                        raw += chunk
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                return body if len(body) == length else None
+
+            def _answer(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _reset(self) -> None:
+                """Close the client connection with a TCP RST, no response."""
+                self.close_connection = True
+                sock = self.connection
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                finally:
+                    # The socket's fd closes only when the file objects on it are closed.
+                    self.rfile.close()
+                    self.wfile.close()
+                    sock.close()
+
+            def _send_upstream(self, method: str, body: bytes) -> http.client.HTTPResponse:
+                if self.upstream is None:
+                    self.upstream = http.client.HTTPConnection(*proxy.upstream, timeout=120)
+                conn = self.upstream
+                conn.putrequest(method, self.path, skip_host=True, skip_accept_encoding=True)
+                for name, value in self.headers.items():
+                    conn.putheader(name, value)
+                conn.endheaders(body or None)
+                return conn.getresponse()
+
+            def _forward(self, method: str, body: bytes) -> None:
+                try:
+                    try:
+                        response = self._send_upstream(method, body)
+                    except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                        # A kept-alive upstream connection closed while idle: once more.
+                        self._close_upstream()
+                        response = self._send_upstream(method, body)
+                except OSError as exc:
+                    log.info("fault proxy: upstream %s:%s unreachable: %s", *proxy.upstream, exc)
+                    self._close_upstream()
+                    return self._reset()
+                chunked = False
+                self.send_response_only(response.status, response.reason)
+                for name, value in response.getheaders():
+                    if name.lower() in HOP_BY_HOP:
+                        chunked = "chunked" in value.lower()
+                        continue
+                    self.send_header(name, value)
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                while data := response.read(1024 * 1024):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                if chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+                if response.will_close:
+                    self._close_upstream()
+                    self.close_connection = True
+
+            def _close_upstream(self) -> None:
+                if self.upstream is not None:
+                    self.upstream.close()
+                    self.upstream = None
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    self._close_upstream()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
