@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -11,9 +12,50 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from . import broker, message, topology
-from .config import Settings
+from .config import Settings, mask
 from .filters import pairs_for
 from .task import MalformedTask
+
+
+class RabbitMQUnavailable(RuntimeError):
+    """RabbitMQ could not be reached or refused us: one line, the URL's password masked."""
+
+
+def _problem(exc: BaseException) -> str:
+    if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
+        return "login refused (check the user and password)"
+    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
+        return "access refused (check the vhost and the user's permissions)"
+    if isinstance(exc, OSError):
+        return f"cannot connect: {exc.strerror or exc}"
+    if isinstance(exc, pika.exceptions.AMQPConnectionError):
+        # pika wraps the socket error (refused, timed out) in its connector's error
+        inner = exc.args[0] if exc.args else None
+        root = getattr(inner, "exception", inner)
+        if isinstance(root, OSError):
+            return f"cannot connect: {root.strerror or root}"
+        return f"cannot connect: {root!r}" if root else "cannot connect"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def _connection(settings: Settings) -> Iterator[pika.BlockingConnection]:
+    """A connection for one tool run; any RabbitMQ failure becomes RabbitMQUnavailable."""
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # pika logs each failed connect as ERROR lines with a traceback; the tool says it
+        # in one line instead (MIRROR_DEBUG=true shows pika's own account).
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
+    connection = None
+    try:
+        connection = broker.connect(settings.rabbitmq_url, name="minio-s3-mirror dlq")
+        yield connection
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        where = mask(settings.rabbitmq_url, url=True)
+        raise RabbitMQUnavailable(f"RabbitMQ at {where}: {mask(_problem(exc))}") from exc
+    finally:
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()
 
 
 @dataclass(frozen=True)
@@ -52,8 +94,7 @@ def _attempts(headers: dict) -> int | str:
 @contextlib.contextmanager
 def browse(settings: Settings) -> Iterator[tuple[BlockingChannel, list[Parked]]]:
     """Every parked message, unacked; what the caller does not ack goes back on close."""
-    connection = broker.connect(settings.rabbitmq_url, name="minio-s3-mirror dlq")
-    try:
+    with _connection(settings) as connection:
         channel = connection.channel()
         topology.declare(channel)
         channel.confirm_delivery()
@@ -65,9 +106,6 @@ def browse(settings: Settings) -> Iterator[tuple[BlockingChannel, list[Parked]]]
                 break
             parked.append(Parked(method.delivery_tag, body, dict(properties.headers or {})))
         yield channel, parked
-    finally:
-        if connection.is_open:
-            connection.close()
 
 
 def replay(settings: Settings, keys: set[str] | None) -> int:
@@ -92,13 +130,10 @@ def replay(settings: Settings, keys: set[str] | None) -> int:
 
 
 def purge(settings: Settings) -> int:
-    connection = broker.connect(settings.rabbitmq_url, name="minio-s3-mirror dlq")
-    try:
+    with _connection(settings) as connection:
         channel = connection.channel()
         topology.declare(channel)
         return channel.queue_purge(topology.DEAD_QUEUE).method.message_count
-    finally:
-        connection.close()
 
 
 def render(rows: list[dict[str, object]], as_json: bool) -> str:
