@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -16,9 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
-from .broker import Publisher
+from .broker import Publisher, PublishFailed
 from .config import BucketPair, Settings
 from .copier import SOURCE_ETAG, Copier, client
 from .errors import CopyError
@@ -30,6 +32,11 @@ LOG_EVERY_S = 10
 PENDING_COPIES = 64  # --direct: copies submitted but not finished, at most
 
 
+MAX_FAILURES_KEPT = 100  # reasons kept per pair; the count is always exact
+# What one S3 call or one publish may raise for reasons outside this program.
+EXPECTED = (ClientError, BotoCoreError, PublishFailed, CopyError)
+
+
 @dataclass
 class PairReport:
     pair: str
@@ -39,6 +46,31 @@ class PairReport:
     queued: int = 0  # enqueued, copied (--direct) or, with --dry-run, would be
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # --direct copies finish on pool threads: every counter they touch goes through it.
+        self._lock = threading.Lock()
+
+    def fail(self, reason: str) -> None:
+        with self._lock:
+            self.failed += 1
+            if len(self.failures) < MAX_FAILURES_KEPT:
+                self.failures.append(reason)
+
+    def done(self) -> None:
+        with self._lock:
+            self.queued += 1
+
+
+def reason(exc: BaseException) -> str:
+    """One line for an S3 or RabbitMQ failure: the code and message, no traceback."""
+    if isinstance(exc, CopyError):
+        return exc.reason
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        return f"{error.get('Code') or status}: {error.get('Message') or exc}"
+    return str(exc) or type(exc).__name__
 
 
 def listing(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
@@ -61,18 +93,30 @@ class Backfill:
             if direct or dry_run
             else Publisher(settings.rabbitmq_url, name="minio-s3-mirror backfill")
         )
+        if self.publisher and not settings.debug:
+            # RabbitMQ down is reported once in the summary, not as pika's ERROR tracebacks.
+            logging.getLogger("pika").setLevel(logging.CRITICAL)
 
     def run(self, pairs: list[BucketPair]) -> list[PairReport]:
         try:
-            return [self.pair(pair) for pair in pairs]
+            return [self.pair_or_failure(pair) for pair in pairs]
         finally:
             if self.publisher:
                 self.publisher.close()
             if self.pool:
                 self.pool.shutdown()
 
-    def pair(self, pair: BucketPair) -> PairReport:
+    def pair_or_failure(self, pair: BucketPair) -> PairReport:
+        """One pair; a listing or RabbitMQ failure stops this pair, not the run."""
         report = PairReport(str(pair))
+        try:
+            self.pair(pair, report)
+        except EXPECTED as exc:
+            log.error("%s: stopped: %s", pair, reason(exc))
+            report.fail(f"pair stopped after {report.listed} listed: {reason(exc)}")
+        return report
+
+    def pair(self, pair: BucketPair, report: PairReport) -> None:
         accepts = KeyFilter.for_pair(self.settings, pair).accepts
         source_prefix = pair.source_prefix(self.settings.prefix)
         target_prefix = pair.target_prefix(self.settings.prefix)
@@ -90,7 +134,12 @@ class Backfill:
             while target is not None and target["Key"] < want:  # merge: skip target-only
                 target = next(targets, None)
             same = target if target is not None and target["Key"] == want else None
-            if self._current(obj, same, pair.target_bucket):
+            try:
+                current = self._current(obj, same, pair.target_bucket)
+            except (ClientError, BotoCoreError) as exc:  # one key: count it, carry on
+                report.fail(f"{obj['Key']}: target HEAD failed: {reason(exc)}")
+                continue
+            if current:
                 report.current += 1
             else:
                 pending.append(self._send(pair, obj, report))
@@ -102,7 +151,6 @@ class Backfill:
         for future in pending:
             future.result()
         progress.close()
-        return report
 
     def _current(self, obj: dict[str, Any], target: dict[str, Any] | None, bucket: str) -> bool:
         if target is None or target["Size"] != obj["Size"]:
@@ -113,7 +161,6 @@ class Backfill:
         return head.get("Metadata", {}).get(SOURCE_ETAG) == obj["ETag"].strip('"')
 
     def _send(self, pair: BucketPair, obj: dict[str, Any], report: PairReport) -> Future[None]:
-        report.queued += 1
         # The listed size tells the copy engine whether one GET can carry the object.
         task = Task(
             bucket=pair.source_bucket,
@@ -125,7 +172,8 @@ class Backfill:
         if self.pool:
             return self.pool.submit(self._copy, task, report)
         if self.publisher:
-            self.publisher.publish(task.to_json())
+            self.publisher.publish(task.to_json())  # PublishFailed stops the pair
+        report.done()
         done: Future[None] = Future()
         done.set_result(None)
         return done
@@ -133,9 +181,13 @@ class Backfill:
     def _copy(self, task: Task, report: PairReport) -> None:
         try:
             self.copier.copy(task)
-        except CopyError as exc:
-            report.failed += 1
-            report.failures.append(f"{task.key}: {exc.reason}")
+        except EXPECTED as exc:
+            report.fail(f"{task.key}: {reason(exc)}")
+        except Exception as exc:  # a bug in one copy must not hide the others' results
+            log.debug("copy of %s raised", task.key, exc_info=True)
+            report.fail(f"{task.key}: {type(exc).__name__}: {exc}")
+        else:
+            report.done()
 
 
 def render(reports: list[PairReport], *, direct: bool, dry_run: bool) -> str:
@@ -144,9 +196,11 @@ def render(reports: list[PairReport], *, direct: bool, dry_run: bool) -> str:
     for r in reports:
         lines.append(
             f"{r.pair}: listed {r.listed}, already current {r.current}, excluded {r.excluded}, "
-            f"{verb} {r.queued - r.failed}, failed {r.failed}"
+            f"{verb} {r.queued}, failed {r.failed}"
         )
         lines += [f"  failed: {failure}" for failure in r.failures[:10]]
+        if r.failed > 10:
+            lines.append(f"  ... and {r.failed - 10} more failure(s)")
     return "\n".join(lines)
 
 
