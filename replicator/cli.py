@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import click
 
@@ -15,6 +18,7 @@ log = logging.getLogger("minio_s3_mirror")
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
 def load_settings(overrides: Mapping[str, str | None] = (), **kwargs: bool) -> config.Settings:
@@ -33,6 +37,29 @@ def load_settings(overrides: Mapping[str, str | None] = (), **kwargs: bool) -> c
         secrets=settings.secrets(),
     )
     return settings
+
+
+def flag(name: str, value: str | None, parse: Callable[[str, str], object]) -> None:
+    """Check a flag with its variable's parser, so a bad flag exits 2 naming the flag."""
+    if value is None:
+        return
+    try:
+        parse(name, value)
+    except config.ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+@contextlib.contextmanager
+def rabbitmq_failures() -> Iterator[None]:
+    """RabbitMQ down or refusing: exit 1 with one line (the URL's password masked)."""
+    from .dlq import RabbitMQUnavailable
+
+    try:
+        yield
+    except RabbitMQUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,6 +89,7 @@ def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
     from .reconcile.mc import McMissing, find_binary
     from .reconcile.runner import reconcile as run_reconcile
 
+    flag("--prefix", prefix, config.parse_prefix)
     settings = load_settings(
         {"MIRROR_DRY_RUN": "true" if dry_run else None, "MIRROR_PREFIX": prefix}
     )
@@ -115,7 +143,18 @@ def listen(mode: str | None) -> None:
     else:
         from listener import stream as ingest
     log.info("listener starting in %s mode", settings.listener_mode)
-    ingest.serve(settings, stop)
+    try:
+        ingest.serve(settings, stop)
+    except OSError as exc:
+        # The webhook's bind() (METRICS_ADDRESS has its own message). A busy, foreign or
+        # unresolvable address is a runtime condition, like METRICS_ADDRESS's: exit 1.
+        binding = isinstance(exc, socket.gaierror) or exc.errno in BIND_ERRORS
+        if settings.listener_mode != "webhook" or not binding:
+            raise
+        host, port = settings.webhook_address
+        reason = exc.strerror or str(exc)
+        click.echo(f"WEBHOOK_ADDRESS: cannot listen on {host}:{port}: {reason}", err=True)
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()
@@ -152,6 +191,7 @@ def backfill(
 
     from . import backfill as engine
 
+    flag("--prefix", prefix, config.parse_prefix)
     settings = load_settings({"MIRROR_PREFIX": prefix})
     pairs = list(settings.pairs)
     if pair_specs:
@@ -185,7 +225,7 @@ def dlq_list(as_json: bool) -> None:
     from . import dlq as parking
 
     settings = load_settings(need_target=False)
-    with parking.browse(settings) as (_, parked):
+    with rabbitmq_failures(), parking.browse(settings) as (_, parked):
         rows = [item.describe(settings) for item in parked]
     click.echo(parking.render(rows, as_json))
 
@@ -200,7 +240,8 @@ def dlq_replay(keys: tuple[str, ...], everything: bool) -> None:
     if bool(keys) == everything:
         raise click.UsageError("give object keys or --all (not both)")
     settings = load_settings(need_target=False)
-    count = parking.replay(settings, None if everything else set(keys))
+    with rabbitmq_failures():
+        count = parking.replay(settings, None if everything else set(keys))
     click.echo(f"replayed {count} task(s)")
 
 
@@ -213,7 +254,9 @@ def dlq_purge(yes: bool) -> None:
     settings = load_settings(need_target=False)
     if not yes:
         click.confirm("Delete every task in the dead-letter queue?", abort=True)
-    click.echo(f"purged {parking.purge(settings)} task(s)")
+    with rabbitmq_failures():
+        count = parking.purge(settings)
+    click.echo(f"purged {count} task(s)")
 
 
 @main.command()
@@ -223,6 +266,8 @@ def check(read_only: bool) -> None:
     from . import check as checks
 
     settings = load_settings()
+    if not settings.debug:  # the rabbitmq line reports a failed connect; pika's traceback not
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
     results = checks.run(settings, read_only=read_only)
     click.echo(checks.render(results))
     sys.exit(EXIT_FAILED if any(c.status == "FAIL" for c in results) else 0)
