@@ -1,72 +1,45 @@
 """The copy engine: one source object to its target key(s), by the rules of design 7.
 
-Copies what the source holds now (pinned by ETag while reading), streams through a
-bounded buffer (multipart above a threshold), keeps metadata and records the source
-identity on the target. Every write is conditional on the target being as we saw it
-(If-None-Match / If-Match), and a replacement re-checks the source after writing, so an
-older version never stays over a newer one. A new object costs a target HEAD, one source
-GET and the PUT; an up-to-date one a target HEAD and a source HEAD.
+Copies what the source holds now (pinned by ETag while reading), streams large objects
+in parts through a fixed buffer budget, keeps headers and user metadata, and records the
+source identity on the target. Every write is conditional on the target being as we saw
+it (If-None-Match / If-Match), and a replacement re-checks the source after writing, so
+an older version never stays over a newer one. A new object costs a target HEAD, one
+source GET and the PUT; an up-to-date one a target HEAD and a source HEAD.
+It talks to the S3 layer only.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import json
 import math
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
+import tenacity
 
-from .config import BucketPair, Endpoint, Settings
-from .errors import CopyError, Kind, classify
+from .config import BucketPair, Settings
+from .errors import CopyError, Kind
 from .filters import pairs_for
+from .s3 import S3, Head
 from .task import Task
 
 SOURCE_ETAG = "mirror-source-etag"
 SOURCE_MTIME = "mirror-source-mtime"
+SOURCE_META = "mirror-source-meta"  # fingerprint of the source's kept headers and metadata
+OURS = (SOURCE_ETAG, SOURCE_MTIME, SOURCE_META)
 MiB = 1024 * 1024
-PART_SIZE = 8 * MiB  # memory per copy thread is about one part
+PART_SIZE = 8 * MiB
 MULTIPART_THRESHOLD = 16 * MiB
 MAX_PARTS = 10_000
+PART_BUDGET = 8  # part buffers in memory at once, for the whole process
+PARTS_PER_UPLOAD = 4  # parts of one object in flight at once
+PART_TRIES = 3
 CHASES = 5  # how often to follow a source that keeps changing before giving up
-# Headers that travel with the object (design 7.4); user metadata travels as Metadata.
-KEPT_HEADERS = (
-    "ContentType",
-    "ContentEncoding",
-    "ContentDisposition",
-    "CacheControl",
-    "ContentLanguage",
-    "Expires",
-)
-
-
-def client(endpoint: Endpoint, settings: Settings, pool: int) -> Any:
-    """A boto3 S3 client with timeouts, a small inner retry budget and no extra checksums."""
-    verify: bool | str = settings.ca_bundle or settings.tls_verify
-    aws = endpoint.url.rstrip("/").endswith("amazonaws.com")
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint.url,
-        aws_access_key_id=endpoint.access_key,
-        aws_secret_access_key=endpoint.secret_key,
-        region_name=settings.aws_region or "us-east-1",
-        verify=verify,
-        config=Config(
-            s3={"addressing_style": "auto" if aws else "path"},
-            signature_version="s3v4",
-            connect_timeout=5,
-            read_timeout=60,
-            retries={"max_attempts": 2, "mode": "standard"},
-            max_pool_connections=pool,
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
 
 
 @dataclass(frozen=True)
@@ -74,16 +47,6 @@ class Outcome:
     copied: bool
     reason: str  # why it was skipped, or "copied"
     bytes: int = 0
-
-
-@dataclass(frozen=True)
-class Source:
-    """What the source holds now."""
-
-    etag: str
-    size: int
-    mtime: str
-    head: dict[str, Any]
 
 
 class KeyLocks:
@@ -110,14 +73,36 @@ class KeyLocks:
                     self.locks[key] = (lock, users - 1)
 
 
+def fingerprint(head: Head) -> str:
+    """A short digest of what travels with the bytes: a metadata-only change alters it."""
+    metadata = {k: v for k, v in head.metadata.items() if k not in OURS}
+    text = json.dumps([sorted(head.headers.items()), sorted(metadata.items())])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def current(target: Head, source: Head) -> bool:
+    """Whether the target object holds the source's current content and metadata."""
+    if target.size != source.size:
+        return False
+    recorded = target.metadata.get(SOURCE_ETAG)
+    if recorded is None:
+        # Copied by something else (mc mirror): same single-part ETag means same bytes.
+        return target.etag == source.etag
+    meta = target.metadata.get(SOURCE_META)
+    # Copies from before fingerprints were recorded count by their bytes.
+    return recorded == source.etag and (meta is None or meta == fingerprint(source))
+
+
 class Copier:
     def __init__(self, settings: Settings, *, pool: int = 10) -> None:
         if settings.target is None:
             raise ValueError("the copy engine needs a target")
         self.settings = settings
-        self.source = client(settings.source, settings, pool)
-        self.target = client(settings.target, settings, pool)
+        self.source = S3(settings.source, settings, "source", pool)
+        self.target = S3(settings.target, settings, "target", pool)
         self.locks = KeyLocks()
+        self.buffers = threading.BoundedSemaphore(PART_BUDGET)
+        self.parts = ThreadPoolExecutor(PART_BUDGET, thread_name_prefix="part")
 
     def copy(self, task: Task) -> Outcome:
         """Copy one task's object to every pair it belongs to; raises CopyError."""
@@ -136,28 +121,28 @@ class Copier:
         bucket, key = pair.target_bucket, pair.target_key(task.key)
         with self.locks.hold(f"{bucket}/{key}"):
             for _ in range(CHASES):
-                head = self._target_head(bucket, key)
-                if head is None:
+                target = self.target.head(bucket, key)
+                if target is None:
                     # Nothing to compare with: one GET gives the source's identity and
                     # (small) bytes; the write lands only if the key is still absent.
-                    source, body = self._get_source(task)
-                    condition = {"IfNoneMatch": "*"}
+                    source, body = self.source.get(task.bucket, task.key, MULTIPART_THRESHOLD)
+                    when = "absent"
                 else:
                     source, body = self._head_source(task), None
-                    if current(head, source):
+                    if current(target, source):
                         return Outcome(False, "target already current")
                     if not self.settings.overwrite:
                         return Outcome(False, "target exists and differs (MIRROR_OVERWRITE=false)")
-                    condition = {"IfMatch": head["ETag"]}
+                    when = target.etag
                 try:
-                    written = self._write(task, source, bucket, key, condition, body)
-                except ClientError as exc:
-                    if _conflict(exc):  # the source or the target changed under us
+                    written = self._write(task, source, bucket, key, when, body)
+                except CopyError as exc:
+                    if exc.kind is Kind.CONFLICT:  # the source or the target changed under us
                         continue
-                    raise classify(exc, "target") from exc
+                    raise
                 # Replacing an object needs one more look: the source may have gone back to
                 # content the target held, which another task then found "current".
-                if head is not None and self._head_source(task).etag != source.etag:
+                if target is not None and self._head_source(task).etag != source.etag:
                     continue
                 # A single PUT whose ETag (the MD5 of what the target stored) equals the
                 # source's is verified by that answer; anything else by a HEAD.
@@ -166,84 +151,80 @@ class Copier:
                 return Outcome(True, "copied", source.size)
         raise CopyError(Kind.TRANSIENT, "source or target kept changing while copying", "source")
 
-    def _head_source(self, task: Task) -> Source:
-        try:
-            return _identity(self.source.head_object(Bucket=task.bucket, Key=task.key))
-        except Exception as exc:
-            raise classify(exc, "source") from exc
+    def _head_source(self, task: Task) -> Head:
+        head = self.source.head(task.bucket, task.key)
+        if head is None:
+            raise CopyError(Kind.MOOT, "source object is gone", "source", "NoSuchKey")
+        return head
 
-    def _get_source(self, task: Task) -> tuple[Source, bytes | None]:
-        """The source's identity and, when it is small, its bytes: one GET for HEAD + GET."""
-        if task.size is not None and task.size > MULTIPART_THRESHOLD:
-            return self._head_source(task), None  # large: read in parts, pinned by ETag
-        try:
-            response = self.source.get_object(Bucket=task.bucket, Key=task.key)
-            source = _identity(response)
-            if source.size > MULTIPART_THRESHOLD:  # the event's size was missing or stale
-                response["Body"].close()
-                return source, None
-            return source, response["Body"].read()
-        except Exception as exc:
-            raise classify(exc, "source") from exc
-
-    def _target_head(self, bucket: str, key: str) -> dict[str, Any] | None:
-        try:
-            return self.target.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise classify(exc, "target") from exc
-        except Exception as exc:
-            raise classify(exc, "target") from exc
-
-    def _verify(self, bucket: str, key: str, source: Source) -> None:
-        head = self._target_head(bucket, key)
-        if head is None or head.get("Metadata", {}).get(SOURCE_ETAG) != source.etag:
+    def _verify(self, bucket: str, key: str, source: Head) -> None:
+        head = self.target.head(bucket, key)
+        if head is None or head.metadata.get(SOURCE_ETAG) != source.etag:
             raise CopyError(Kind.TRANSIENT, "target does not hold the copy after writing", "target")
 
-    def _write_args(self, source: Source) -> dict[str, Any]:
-        kept = {name: source.head[name] for name in KEPT_HEADERS if source.head.get(name)}
-        metadata = dict(source.head.get("Metadata", {}))
-        metadata.update({SOURCE_ETAG: source.etag, SOURCE_MTIME: source.mtime})
-        return {**kept, "Metadata": metadata}
-
-    def _read(self, task: Task, source: Source, byte_range: str | None = None) -> bytes:
-        args: dict[str, Any] = {"Bucket": task.bucket, "Key": task.key, "IfMatch": source.etag}
-        if byte_range:
-            args["Range"] = byte_range
-        try:
-            return self.source.get_object(**args)["Body"].read()
-        except ClientError as exc:
-            if _status(exc) == 412:
-                raise
-            raise classify(exc, "source") from exc
-        except Exception as exc:
-            raise classify(exc, "source") from exc
+    def _metadata(self, source: Head) -> dict[str, str]:
+        metadata = {k: v for k, v in source.metadata.items() if k not in OURS}
+        metadata.update(
+            {SOURCE_ETAG: source.etag, SOURCE_MTIME: source.mtime, SOURCE_META: fingerprint(source)}
+        )
+        return metadata
 
     def _write(
-        self,
-        task: Task,
-        source: Source,
-        bucket: str,
-        key: str,
-        condition: dict[str, str],
-        body: bytes | None,
+        self, task: Task, source: Head, bucket: str, key: str, when: str, body: bytes | None
     ) -> str:
         """Write the object if the target still is as we saw it; returns the target's ETag."""
-        args = {"Bucket": bucket, "Key": key, **self._write_args(source)}
+        metadata = self._metadata(source)
         if source.size <= MULTIPART_THRESHOLD:
             if body is None:
-                body = self._read(task, source) if source.size else b""
-            put = self._target_call("put_object", Body=body, **condition, **args)
-            return put["ETag"].strip('"')
-        upload = self._target_call("create_multipart_upload", **args)["UploadId"]
+                body = self._read(task, source, 0, source.size - 1) if source.size else b""
+            return self.target.put(bucket, key, body, source, metadata, when)
+        args = {"Bucket": bucket, "Key": key}
+        created = self.target.multipart(
+            "create_multipart_upload", **args, **self.target.write_args(source, metadata)
+        )
+        upload = created["UploadId"]
         try:
-            parts = []
-            part_size = max(PART_SIZE, math.ceil(source.size / MAX_PARTS))
-            for number, start in enumerate(range(0, source.size, part_size), 1):
-                end = min(start + part_size, source.size) - 1
-                body = self._read(task, source, f"bytes={start}-{end}")
-                part = self._target_call(
+            parts = self._upload_parts(task, source, bucket, key, upload)
+            condition = {"IfNoneMatch": "*"} if when == "absent" else {"IfMatch": when}
+            done = self.target.multipart(
+                "complete_multipart_upload",
+                **args,
+                UploadId=upload,
+                MultipartUpload={"Parts": parts},
+                **condition,
+            )
+            return done["ETag"].strip('"')
+        except BaseException:
+            self.target.abort(bucket, key, upload)
+            raise
+
+    def _read(self, task: Task, source: Head, start: int, end: int) -> bytes:
+        return self.source.read(task.bucket, task.key, source.etag, start, end)
+
+    def _upload_parts(
+        self, task: Task, source: Head, bucket: str, key: str, upload: str
+    ) -> list[dict[str, object]]:
+        """Parts in parallel; each holds a buffer from the process-wide budget, and a
+        failed part is retried alone."""
+        part_size = max(PART_SIZE, math.ceil(source.size / MAX_PARTS))
+        ranges = [
+            (number, start, min(start + part_size, source.size) - 1)
+            for number, start in enumerate(range(0, source.size, part_size), 1)
+        ]
+        in_flight = threading.BoundedSemaphore(PARTS_PER_UPLOAD)
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(
+                lambda e: isinstance(e, CopyError) and e.kind in (Kind.TRANSIENT, Kind.DOWN)
+            ),
+            stop=tenacity.stop_after_attempt(PART_TRIES),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=3),
+            reraise=True,
+        )
+
+        def one(number: int, start: int, end: int) -> dict[str, object]:
+            with self.buffers:
+                body = self._read(task, source, start, end)
+                part = self.target.multipart(
                     "upload_part",
                     Bucket=bucket,
                     Key=key,
@@ -251,70 +232,25 @@ class Copier:
                     PartNumber=number,
                     Body=body,
                 )
-                parts.append({"PartNumber": number, "ETag": part["ETag"]})
-            return self._target_call(
-                "complete_multipart_upload",
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload,
-                MultipartUpload={"Parts": parts},
-                **condition,
-            )["ETag"].strip('"')
-        except BaseException:
-            self._abort(bucket, key, upload)
-            raise
+            return {"PartNumber": number, "ETag": part["ETag"]}
 
-    def _target_call(self, method: str, **args: Any) -> Any:
+        futures = []
         try:
-            return getattr(self.target, method)(**args)
-        except ClientError:
-            raise
-        except Exception as exc:
-            raise classify(exc, "target") from exc
+            for number, start, end in ranges:
+                in_flight.acquire()
+                future = self.parts.submit(retrying, one, number, start, end)
+                future.add_done_callback(lambda _: in_flight.release())
+                futures.append(future)
+                failed = [f for f in futures if f.done() and f.exception()]
+                if failed:
+                    raise failed[0].exception()  # type: ignore[misc]
+            return [f.result() for f in futures]
+        finally:
+            for future in futures:
+                future.cancel()
 
-    def _abort(self, bucket: str, key: str, upload: str) -> None:
-        # Best effort; a lifecycle rule cleans up what is left.
-        with contextlib.suppress(Exception):
-            self.target.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
-
-    def probe_target(self) -> bool:
-        """Whether the target endpoint answers at all (used to wait out an outage)."""
-        bucket = self.settings.pairs[0].target_bucket
-        try:
-            self.target.head_bucket(Bucket=bucket)
-        except ClientError:
-            return True  # it answered, even if with an error
-        except Exception:
-            return False
-        return True
-
-
-def current(head: dict[str, Any], source: Source) -> bool:
-    """Whether the target object (its HEAD) holds the source's current content."""
-    if head["ContentLength"] != source.size:
-        return False
-    recorded = head.get("Metadata", {}).get(SOURCE_ETAG)
-    if recorded is not None:
-        return recorded == source.etag
-    # Copied by something else (mc mirror): same single-part ETag means same bytes.
-    return head["ETag"].strip('"') == source.etag
-
-
-def _identity(response: dict[str, Any]) -> Source:
-    """What a HEAD or GET says the source holds (the body stream is not kept)."""
-    return Source(
-        etag=response["ETag"].strip('"'),
-        size=response["ContentLength"],
-        mtime=response["LastModified"].isoformat(),
-        head={name: value for name, value in response.items() if name != "Body"},
-    )
-
-
-def _conflict(exc: ClientError) -> bool:
-    """A failed precondition: the source changed while read, or the target since its HEAD."""
-    code = exc.response.get("Error", {}).get("Code")
-    return _status(exc) == 412 or code in ("NoSuchKey", "ConditionalRequestConflict")
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    def probe(self, side: str) -> bool:
+        """Whether that endpoint answers at all (used to tell an outage from one bad key)."""
+        if side == "source":
+            return self.source.probe(self.settings.pairs[0].source_bucket)
+        return self.target.probe(self.settings.pairs[0].target_bucket)

@@ -1,15 +1,30 @@
-"""Error policy (design section 6): what a failure means for the task."""
+"""Typed failures (design section 6): what went wrong, on which side, and what kind it is.
+
+The S3 layer raises these where a client library fails, so nothing above it guesses from
+strings. The kind alone decides what the policy does with a task.
+"""
 
 from __future__ import annotations
 
 import enum
 
-from botocore.exceptions import BotoCoreError, ClientError
 
+class Kind(enum.Enum):
+    DOWN = "endpoint_down"  # connection-level failure: the endpoint may be down (probe it)
+    TRANSIENT = "transient"  # this key failed this time: retry with backoff, then tiers
+    PERMANENT = "permanent"  # retrying cannot help: dead-letter at once, side named
+    MOOT = "moot"  # nothing to do (source object gone): ack, counted as skipped
+    CONFLICT = "conflict"  # a precondition failed: the source or target changed; look again
+    MALFORMED = "malformed"  # a message that can never become a copy
+
+
+# S3 error codes by kind. Status codes decide what a code does not (see kind_of).
 PERMANENT_CODES = frozenset(
     {
         "AccessDenied",
         "AllAccessDisabled",
+        "AccountProblem",
+        "AuthorizationHeaderMalformed",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
         "NoSuchBucket",
@@ -19,49 +34,86 @@ PERMANENT_CODES = frozenset(
         "XMinioInvalidObjectName",
         "EntityTooLarge",
         "InvalidRequest",
+        "InvalidArgument",
         "MethodNotAllowed",
+        "PermanentRedirect",
         "NotImplemented",  # e.g. a target without conditional writes
+        "InvalidStorageClass",
+        "KMS.NotFoundException",
+        "MissingUploadObjectWithObjectLockHeaders",
     }
 )
-MOOT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-
-
-class Kind(enum.Enum):
-    TRANSIENT = "transient"  # retry in process, then a delay queue, then the DLQ
-    PERMANENT = "permanent"  # DLQ at once, with the reason
-    MOOT = "moot"  # nothing to do: ack and count as skipped
+TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "XMinioServerNotInitialized",
+        "OperationAborted",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+    }
+)
+CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+GONE_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 
 
 class CopyError(Exception):
-    """A classified failure of one copy, with the side it came from."""
+    """A classified failure of one operation, with the side (source/target) it came from."""
 
-    def __init__(self, kind: Kind, reason: str, side: str = "") -> None:
+    def __init__(self, kind: Kind, reason: str, side: str = "", code: str = "") -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
         self.side = side
+        self.code = code
 
-    @property
-    def unreachable(self) -> bool:
-        """The endpoint itself is down (not this object): wait for it, don't spend budget."""
-        return self.kind is Kind.TRANSIENT and self.reason.startswith("unreachable")
+    def __repr__(self) -> str:
+        return f"CopyError({self.kind.value}, {self.side}, {self.reason!r})"
 
 
-def classify(exc: BaseException, side: str) -> CopyError:
-    if isinstance(exc, CopyError):
-        return exc
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        reason = f"{side} {code or status}: {error.get('Message') or exc}"
-        if code in MOOT_CODES:
-            return CopyError(Kind.MOOT, f"{side} object is gone ({code})", side)
-        if code in PERMANENT_CODES or status in (400, 401, 403):
-            return CopyError(Kind.PERMANENT, reason, side)
-        if status >= 500 and code in ("", str(status)):
-            return CopyError(Kind.TRANSIENT, f"unreachable: {reason}", side)
-        return CopyError(Kind.TRANSIENT, reason, side)
-    if isinstance(exc, BotoCoreError | ConnectionError | TimeoutError):
-        return CopyError(Kind.TRANSIENT, f"unreachable: {side}: {exc}", side)
-    return CopyError(Kind.PERMANENT, f"{side}: unexpected {type(exc).__name__}: {exc}", side)
+def kind_of(code: str, status: int) -> Kind:
+    """The kind of an S3 error answer, from its code and HTTP status."""
+    if code in CONFLICT_CODES or status in (409, 412):
+        return Kind.CONFLICT
+    if code in GONE_CODES:
+        return Kind.MOOT
+    if code in PERMANENT_CODES or status == 301:
+        return Kind.PERMANENT
+    if code in TRANSIENT_CODES or status in (408, 429) or status >= 500:
+        return Kind.TRANSIENT  # a 5xx with no code (a proxy's page) fails this key, not the side
+    if 400 <= status < 500:
+        return Kind.PERMANENT
+    return Kind.TRANSIENT
+
+
+def answer(side: str, code: str, status: int, message: str, region: str = "") -> CopyError:
+    """The typed error for an S3 answer; a wrong region names the bucket's real one."""
+    if code == "NoSuchBucket" or (status == 404 and code == "NoSuchBucket"):
+        return CopyError(Kind.PERMANENT, f"{side} bucket does not exist ({message})", side, code)
+    if status == 301 or code == "PermanentRedirect":
+        where = f"; the bucket is in region {region}: set AWS_REGION={region}" if region else ""
+        return CopyError(
+            Kind.PERMANENT, f"{side} 301 PermanentRedirect: wrong region{where}", side, code
+        )
+    kind = kind_of(code, status)
+    if kind is Kind.MOOT:
+        return CopyError(kind, f"source object is gone ({side} {code or status})", side, code)
+    label = code if code and code != str(status) else f"HTTP {status}"
+    return CopyError(kind, f"{side} {label}: {message}".rstrip(": "), side, code)
+
+
+def down(side: str, detail: str) -> CopyError:
+    """A connection-level failure: refused, DNS, connect timeout."""
+    return CopyError(Kind.DOWN, f"{side} unreachable: {detail}", side)
+
+
+def broken(side: str, detail: str) -> CopyError:
+    """The connection broke after the request went out: reset, read timeout, short body."""
+    return CopyError(Kind.TRANSIENT, f"{side} connection broken: {detail}", side)

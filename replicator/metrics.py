@@ -18,6 +18,7 @@ SKIPPED = Counter(f"{P}objects_skipped", "Tasks with nothing to do", ["reason"])
 FAILURES = Counter(f"{P}copy_failures", "Failed copy attempts", ["kind"])
 RETRIES = Counter(f"{P}retries", "Tasks sent to a delayed retry queue")
 DEAD_LETTERED = Counter(f"{P}dead_lettered", "Tasks parked in the dead-letter queue")
+HOLDS = Counter(f"{P}endpoint_holds", "Waits for a down endpoint, by side", ["side"])
 LATENCY = Histogram(
     f"{P}replication_latency_seconds",
     "Source event to verified copy",
@@ -29,7 +30,8 @@ COPY_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 IN_FLIGHT = Gauge(f"{P}copies_in_flight", "Copies under way in this worker")
-PENDING = Gauge(f"{P}tasks_pending", "Tasks waiting in the work queue")
+UNACKED = Gauge(f"{P}tasks_unacked", "Tasks delivered to this worker and not yet acked")
+PENDING = Gauge(f"{P}tasks_pending", "Tasks ready in the work queue (not yet delivered)")
 
 _SKIP_REASONS = (
     ("target already current", "current"),

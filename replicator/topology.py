@@ -19,17 +19,17 @@ WORK_QUEUE = "minio-s3-mirror.tasks"
 DEAD_QUEUE = "minio-s3-mirror.dead"
 TASKS = "tasks"  # routing key of the work queue (also for MinIO's own AMQP target)
 DELIVERY_LIMIT = 20
-# Delayed retries after in-process retries are spent: 5 s, 30 s, 2 min, 10 min.
+# Delayed retries after in-process retries are spent (MIRROR_RETRY_DELAYS): 5 s, 30 s,
+# 2 min, 10 min. A tier's queue is named for its delay, so other delays make other queues.
 RETRY_TIERS_S = (5, 30, 120, 600)
 
 
-def retry_route(attempt: int) -> str:
-    """Routing key of the delay tier for a task's n-th delayed retry (1-based)."""
-    tier = RETRY_TIERS_S[min(attempt, len(RETRY_TIERS_S)) - 1]
-    return f"retry.{tier}s"
+def retry_route(seconds: int) -> str:
+    """Routing key of the delay tier that holds a task for this many seconds."""
+    return f"retry.{seconds}s"
 
 
-def declare(channel: BlockingChannel) -> None:
+def declare(channel: BlockingChannel, tiers: tuple[int, ...] = RETRY_TIERS_S) -> None:
     channel.exchange_declare(EXCHANGE, "direct", durable=True)
     channel.exchange_declare(DLX, "fanout", durable=True)
     channel.queue_declare(
@@ -46,8 +46,8 @@ def declare(channel: BlockingChannel) -> None:
     channel.queue_bind(WORK_QUEUE, EXCHANGE, TASKS)
     channel.queue_declare(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(DEAD_QUEUE, DLX)
-    for seconds in RETRY_TIERS_S:
-        name = f"retry.{seconds}s"
+    for seconds in tiers:
+        name = retry_route(seconds)
         channel.queue_declare(
             f"{WORK_QUEUE}.{name}",
             durable=True,

@@ -1,40 +1,46 @@
 """The replicator worker: tasks from RabbitMQ -> copy engine -> ack.
 
-pika is not thread-safe: the main thread owns the connection and does all channel
-work (consume, ack, publish); copy threads hand results back through
-`add_callback_threadsafe`. Prefetch is twice the number of copy threads, so a worker
-never holds more than one waiting message per thread.
+pika is not thread-safe: the main thread owns the connection and does all channel work
+(consume, ack, publish); copy threads hand their decisions back through a queue and one
+`add_callback_threadsafe` wake-up at a time. Finished deliveries are acked in batches
+(`multiple=True` up to the highest contiguous finished tag); a retry or dead letter is
+published, confirmed, before its delivery is acked. Every failure goes through
+`policy.decide`, the one decision point.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import random
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 
 import pika
 import tenacity
 
-from . import broker, health, metrics, topology
-from .message import ATTEMPT, ERROR, FIRST_FAILURE, LAST_FAILURE, now, parse
+from . import broker, health, message, metrics, policy, topology
 from .config import Settings
 from .copier import Copier, Outcome
 from .digest import Digest
 from .errors import CopyError, Kind
+from .policy import Decision
 from .task import MalformedTask, Task
 
 log = logging.getLogger(__name__)
 
 IN_PROCESS_ATTEMPTS = 3
-OUTAGE_PROBE_S = (1, 10)  # first and longest wait between probes of a down target
+PROBE_EVERY_S = 1.0  # an endpoint is probed at most this often, whatever the thread count
 PENDING_EVERY_S = 5  # how often the queue depth is read for the pending gauge
+RECONNECT_S = (0.2, 15.0)  # first and longest wait before reconnecting to RabbitMQ
+_TRANSIENT = tenacity.retry_if_exception(
+    lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT
+)
 
 
 def replication_latency(task: Task) -> float | None:
@@ -43,59 +49,135 @@ def replication_latency(task: Task) -> float | None:
         event_time = datetime.fromisoformat(task.event_time.replace("Z", "+00:00"))
     except ValueError:
         return None
+    if event_time.tzinfo is None:
+        return None
     return (datetime.now(UTC) - event_time).total_seconds()
 
 
-@dataclass(frozen=True)
-class Result:
-    """What to do with one delivery once its copy thread is done."""
+class Endpoint:
+    """One side's health as all copy threads see it: probed at most once a second,
+    an outage logged once when it starts and once when it ends (rclone's pacer)."""
 
-    action: str  # "ack" | "retry" | "dead"
-    reason: str = ""
-    subject: str = ""  # bucket/key, for the Slack digest
+    def __init__(self, side: str, probe) -> None:
+        self.side = side
+        self._probe = probe
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._up = True
+        self._down_since = 0.0
+
+    def up(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._checked >= PROBE_EVERY_S:
+                self._checked = time.monotonic()
+                self._set(self._probe())
+            return self._up
+
+    def answered(self) -> None:
+        """A copy reached this side: the outage, if any, is over."""
+        if not self._up:
+            with self._lock:
+                self._set(True)
+
+    def _set(self, up: bool) -> None:
+        if up and not self._up:
+            took = time.monotonic() - self._down_since
+            log.warning("%s is reachable again after %.0fs; held work resumes", self.side, took)
+        elif not up and self._up:
+            self._down_since = time.monotonic()
+            log.warning("%s unreachable: holding its work until it answers", self.side)
+        self._up = up
+
+
+@dataclass
+class Delivery:
+    tag: int
+    body: bytes
+    headers: dict
+    decision: Decision | None = None  # set by the copy thread
+    subject: str = ""
+    settled: bool = False  # set by the connection thread once acted on: may be acked
 
 
 class Worker:
     def __init__(self, settings: Settings, *, concurrency: int) -> None:
         self.settings = settings
         self.concurrency = concurrency
+        self.limits = policy.Limits(settings.retry_delays, settings.hold_max_s)
         self.copier = Copier(settings, pool=concurrency * 2 + 2)
+        self.endpoints = {
+            side: Endpoint(side, lambda side=side: self.copier.probe(side))
+            for side in ("source", "target")
+        }
+        self.retrying = tenacity.Retrying(
+            retry=_TRANSIENT,
+            stop=tenacity.stop_after_attempt(IN_PROCESS_ATTEMPTS),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=3),
+            reraise=True,
+        )
         self.stopping = threading.Event()
-        self.outage = threading.Lock()  # one thread probes a down target; the rest wait
         self.consuming = threading.Event()  # readiness: connected and consuming
         self.digest = Digest(settings)
+        self._finished: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        self._wake = threading.Lock()
+        self._woken = False
 
     # ---- copy threads -------------------------------------------------------------
 
-    def work(self, body: bytes, attempt: int) -> Result:
+    def handle(self, delivery: Delivery) -> Decision:
+        """One delivery to a decision; never raises."""
         try:
-            tasks = parse(body)
+            attempt = message.attempt(delivery.headers)
+            tasks = message.parse(delivery.body)
         except MalformedTask as exc:
-            metrics.FAILURES.labels("malformed").inc()
-            return Result("dead", f"malformed task: {exc}")
-        reasons = []
+            decision = policy.decide(
+                Kind.MALFORMED, "", f"malformed task: {exc}", 0, 0, self.limits
+            )
+            policy.record(decision)
+            log.warning("dead-lettering a malformed message: %s", exc)
+            return decision
         metrics.IN_FLIGHT.inc()
         try:
             for task in tasks:
-                started = time.monotonic()
-                try:
-                    outcome = self._copy_through_outage(task)
-                except CopyError as exc:
-                    if exc.kind is Kind.MOOT:
-                        self._record(task, attempt, Outcome(False, exc.reason))
-                        continue
-                    self._log(task, attempt, "failed", exc.reason)
-                    metrics.FAILURES.labels(exc.kind.value).inc()
-                    action = "dead" if exc.kind is Kind.PERMANENT else "retry"
-                    return Result(action, exc.reason, f"{task.bucket}/{task.key}")
-                self._record(task, attempt, outcome, time.monotonic() - started)
-                reasons.append(outcome.reason)
+                decision = self._one(task, attempt)
+                if decision.action != "ack":
+                    delivery.subject = f"{task.bucket}/{task.key}"
+                    return decision
         finally:
             metrics.IN_FLIGHT.dec()
-        return Result("ack", ", ".join(reasons))
+        return Decision("ack")
 
-    def _record(self, task: Task, attempt: int, outcome: Outcome, seconds: float = 0) -> None:
-        """Log and count one finished task."""
+    def _one(self, task: Task, attempt: int) -> Decision:
+        """Copy one task, holding while an endpoint is down; the policy decides failures."""
+        started = time.monotonic()
+        held_since = 0.0
+        while True:
+            try:
+                outcome = self.retrying(self.copier.copy, task)
+            except CopyError as exc:
+                kind = exc.kind
+                if kind is Kind.DOWN and self.endpoints[exc.side or "target"].up():
+                    kind = Kind.TRANSIENT  # the endpoint answers: this key failed
+                elif kind is Kind.CONFLICT:
+                    kind = Kind.TRANSIENT
+                held = time.monotonic() - held_since if held_since else 0.0
+                decision = policy.decide(kind, exc.side, exc.reason, attempt, held, self.limits)
+                policy.record(decision)
+                if decision.action == "hold":
+                    if self.stopping.is_set():
+                        return Decision("requeue", "worker stopping while an endpoint is down")
+                    held_since = held_since or time.monotonic()
+                    self.stopping.wait(decision.wait_s * random.uniform(0.8, 1.2))
+                    continue
+                self._log(task, attempt, decision.action, decision.reason)
+                return decision
+            for endpoint in self.endpoints.values():
+                endpoint.answered()
+            self._record(task, attempt, outcome, time.monotonic() - started)
+            return Decision("ack", outcome.reason)
+
+    def _record(self, task: Task, attempt: int, outcome: Outcome, seconds: float) -> None:
+        """Count one finished task (per-object lines are debug: the counters carry it)."""
         if not outcome.copied:
             metrics.SKIPPED.labels(metrics.skip_reason(outcome.reason)).inc()
             self._log(task, attempt, "skipped", outcome.reason)
@@ -109,43 +191,33 @@ class Worker:
             metrics.LATENCY.observe(max(latency, 0.0))
         self._log(task, attempt, "copied", outcome.reason, latency)
 
-    def _copy_through_outage(self, task: Task) -> Outcome:
-        """Retry transient errors a few times; while the target is down, wait for it."""
-        while True:
-            try:
-                return self._copy_with_retries(task)
-            except CopyError as exc:
-                if not (exc.unreachable and exc.side == "target") or self.stopping.is_set():
-                    raise
-            self._wait_for_target()
-
-    def _copy_with_retries(self, task: Task) -> Outcome:
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(
-                lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT
-            ),
-            stop=tenacity.stop_after_attempt(IN_PROCESS_ATTEMPTS),
-            wait=tenacity.wait_random_exponential(multiplier=0.2, max=3),
-            reraise=True,
-        )
-        return retrying(self.copier.copy, task)
-
-    def _wait_for_target(self) -> None:
-        with self.outage:
-            delay = OUTAGE_PROBE_S[0]
-            while not self.stopping.is_set() and not self.copier.probe_target():
-                log.warning("target unreachable: holding work, next probe in %ss", delay)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, OUTAGE_PROBE_S[1])
-
     def _log(
         self, task: Task, attempt: int, what: str, reason: str, latency: float | None = None
     ) -> None:
-        level = logging.WARNING if what == "failed" else logging.INFO
+        level = logging.DEBUG if what in ("copied", "skipped", "ack") else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
+        outcome = {"ack": "skipped", "retry": "failed", "dead": "failed"}.get(what, what)
         extra = {"bucket": task.bucket, "key": task.key, "origin": task.origin, "attempt": attempt}
         if latency is not None:
             extra["latency_s"] = round(latency, 3)
-        log.log(level, "%s: %s", what, reason, extra={**extra, "outcome": what})
+        log.log(level, "%s: %s", what, reason, extra={**extra, "outcome": outcome})
+
+    def _done(self, connection, delivery: Delivery, future) -> None:
+        """Hand a finished delivery to the connection thread (one wake-up at a time)."""
+        try:
+            delivery.decision = future.result()
+        except Exception as exc:  # a bug, not a copy failure: keep the message safe
+            log.exception("copy thread crashed")
+            delivery.decision = Decision("requeue", f"worker error: {exc!r}")
+        with self._wake:
+            self._finished.put(delivery)
+            if self._woken:
+                return
+            self._woken = True
+        # If the connection is gone, RabbitMQ redelivers the message: nothing to do.
+        with contextlib.suppress(Exception):
+            connection.add_callback_threadsafe(self._settle)
 
     # ---- the connection thread ----------------------------------------------------
 
@@ -154,15 +226,17 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="copy") as pool:
-            delay = 1.0
+            delay, down_since = RECONNECT_S[0], 0.0
             while not self.stopping.is_set():
                 try:
                     self._consume(pool)
-                    delay = 1.0
+                    delay, down_since = RECONNECT_S[0], 0.0
                 except pika.exceptions.AMQPError as exc:
-                    log.warning("RabbitMQ connection lost (%r); reconnecting in %.0fs", exc, delay)
+                    if not down_since:
+                        down_since = time.monotonic()
+                        log.warning("RabbitMQ connection lost (%r); reconnecting", exc)
                     self.stopping.wait(delay * random.uniform(0.5, 1.5))
-                    delay = min(delay * 2, 30)
+                    delay = min(delay * 2, RECONNECT_S[1])
         self.digest.close()
         log.info("worker stopped")
 
@@ -170,69 +244,95 @@ class Worker:
         connection = broker.connect(self.settings.rabbitmq_url, name="minio-s3-mirror worker")
         try:
             channel = connection.channel()
-            topology.declare(channel)
+            topology.declare(channel, self.limits.tiers)
             channel.confirm_delivery()
-            # One waiting message per thread hides the ack/deliver round trip.
-            channel.basic_qos(prefetch_count=self.concurrency * 2)
-            # This connection's deliveries still being copied. Deliveries of an earlier,
+            # Enough waiting messages per thread to hide the ack/deliver round trip.
+            channel.basic_qos(prefetch_count=self.concurrency * 4)
+            # This connection's deliveries in delivery order. Deliveries of an earlier,
             # lost connection are not waited for: RabbitMQ redelivers them.
-            pending: set[Future[Result]] = set()
-            on_message = partial(self._on_message, connection, pool, pending)
+            self._channel, self._outstanding = channel, {}
+            self._finished, self._woken = queue.SimpleQueue(), False
+
+            def on_message(channel, method, properties, body) -> None:
+                delivery = Delivery(method.delivery_tag, body, dict(properties.headers or {}))
+                self._outstanding[delivery.tag] = delivery
+                metrics.UNACKED.set(len(self._outstanding))
+                future = pool.submit(self.handle, delivery)
+                future.add_done_callback(lambda f: self._done(connection, delivery, f))
+
             tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
             log.info("consuming %s with %d copy threads", topology.WORK_QUEUE, self.concurrency)
             self.consuming.set()
             measured = 0.0
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=1)
+                self._settle()
                 if time.monotonic() - measured > PENDING_EVERY_S:
                     depth = channel.queue_declare(topology.WORK_QUEUE, passive=True)
                     metrics.PENDING.set(depth.method.message_count)
                     measured = time.monotonic()
             # Drain: take no more, let in-flight copies finish and be acked.
             channel.basic_cancel(tag)
-            while pending:
+            while self._outstanding:
                 connection.process_data_events(time_limit=0.2)
+                self._settle()
         finally:
             self.consuming.clear()
             if connection.is_open:
-                connection.close()
+                with contextlib.suppress(pika.exceptions.AMQPError):
+                    connection.close()
 
-    def _on_message(self, connection, pool, pending, channel, method, properties, body) -> None:
-        attempt = int((properties.headers or {}).get(ATTEMPT, 0))
-        future = pool.submit(self.work, body, attempt)
-        pending.add(future)
+    def _settle(self) -> None:
+        """Act on every finished delivery, then ack the contiguous finished prefix."""
+        with self._wake:
+            self._woken = False
+        channel = self._channel
+        finished = False
+        while True:
+            try:
+                delivery = self._finished.get_nowait()
+            except queue.Empty:
+                break
+            if delivery.tag not in self._outstanding or not channel.is_open:
+                continue  # the tag died with its channel; RabbitMQ redelivers
+            self._act(channel, delivery)
+            delivery.settled = True
+            finished = True
+        if not finished:
+            return
+        last = 0
+        for tag, delivery in self._outstanding.items():
+            if not delivery.settled:
+                break
+            last = tag
+        if last:
+            for tag in [t for t in self._outstanding if t <= last]:
+                del self._outstanding[tag]
+            channel.basic_ack(last, multiple=True)
+        metrics.UNACKED.set(len(self._outstanding))
 
-        def done(f: Future[Result]) -> None:
-            callback = partial(self._finish, pending, channel, method, properties, body, attempt, f)
-            # If the connection is gone, RabbitMQ redelivers the message: nothing to do.
-            with contextlib.suppress(Exception):
-                connection.add_callback_threadsafe(callback)
-
-        future.add_done_callback(done)
-
-    def _finish(self, pending, channel, method, properties, body, attempt, future) -> None:
-        pending.discard(future)
-        try:
-            result = future.result()
-        except Exception as exc:  # a bug, not a copy failure: keep the message safe
-            log.exception("copy thread crashed")
-            result = Result("retry", f"worker error: {exc!r}")
-        if not channel.is_open:
-            return  # the delivery tag died with the channel; RabbitMQ redelivers
-        headers = dict(properties.headers or {})
-        headers.setdefault(FIRST_FAILURE, now())
-        headers.update({ERROR: result.reason[:1000], LAST_FAILURE: now()})
-        if result.action == "retry" and attempt < len(topology.RETRY_TIERS_S):
-            headers[ATTEMPT] = attempt + 1
-            self._republish(
-                channel, topology.EXCHANGE, topology.retry_route(attempt + 1), body, headers
-            )
-        elif result.action != "ack":
-            log.error("dead-lettered after %d delayed retries: %s", attempt, result.reason)
-            metrics.DEAD_LETTERED.inc()
-            self.digest.add(result.subject or "(unreadable message)", result.reason)
-            self._republish(channel, topology.DLX, "", body, headers)
-        channel.basic_ack(method.delivery_tag)
+    def _act(self, channel, delivery: Delivery) -> None:
+        """Publish a retry or a dead letter (confirmed) before the delivery is acked."""
+        decision = delivery.decision
+        assert decision is not None
+        if decision.action == "requeue":
+            del self._outstanding[delivery.tag]
+            channel.basic_reject(delivery.tag, requeue=True)
+            return
+        if decision.action not in ("retry", "dead"):
+            return
+        headers = dict(delivery.headers)
+        headers.setdefault(message.FIRST_FAILURE, message.now())
+        headers[message.ERROR] = decision.reason[:1000]
+        headers[message.LAST_FAILURE] = message.now()
+        if decision.action == "retry":
+            headers[message.ATTEMPT] = decision.attempt
+            route = topology.retry_route(self.limits.tiers[decision.tier])
+            self._republish(channel, topology.EXCHANGE, route, delivery.body, headers)
+            return
+        log.error("dead-lettered after %d delayed retries: %s", decision.attempt, decision.reason)
+        self.digest.add(delivery.subject or "(unreadable message)", decision.reason)
+        self._republish(channel, topology.DLX, "", delivery.body, headers)
 
     @staticmethod
     def _republish(channel, exchange: str, route: str, body: bytes, headers: dict) -> None:

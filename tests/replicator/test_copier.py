@@ -1,18 +1,22 @@
 """The copy engine against the real source and target MinIO (design 7).
 
-Races are made deterministic by a Copier subclass that lets a second, real copier run at
-the worst moment: between reading the source and writing the target.
+Request counts are what the MinIO servers say they served (their v3 metrics), whatever
+client sent them. Races are made deterministic by a Copier whose source reads let a
+second, real copier run at the worst moment: between reading the source and writing.
 """
 
 from __future__ import annotations
 
 import collections
+import datetime as dt
+import urllib.request
 from collections.abc import Callable
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from replicator import config
-from replicator.copier import Copier, Outcome
+from replicator.copier import SOURCE_META, Copier, Outcome
 from replicator.task import Task
 from tests.conftest import base_env
 
@@ -24,17 +28,29 @@ def pair(stack, buckets) -> tuple[str, str, config.Settings]:
     return src, dst, settings
 
 
-def count_requests(copier: Copier) -> collections.Counter[str]:
-    """Every S3 request the copier sends, as "side Operation" (botocore's own event hook)."""
-    sent: collections.Counter[str] = collections.Counter()
+def served(stack) -> collections.Counter[str]:
+    """Every S3 request each MinIO has served so far, as "side Operation"."""
+    counts: collections.Counter[str] = collections.Counter()
     for side in ("source", "target"):
-        client = getattr(copier, side)
+        url = f"{getattr(stack, side).url}/minio/metrics/v3/api/requests"
+        with urllib.request.urlopen(url) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "minio_api_requests_total":
+                    counts[f"{side} {sample.labels['name']}"] += int(sample.value)
+    return counts
 
-        def count(model, side=side, **_):
-            sent[f"{side} {model.name}"] += 1
 
-        client.meta.events.register("before-call.s3", count)
-    return sent
+class Requests:
+    """The requests served between construction and `spent()`."""
+
+    def __init__(self, stack) -> None:
+        self.stack, self.before = stack, served(stack)
+
+    def spent(self) -> dict[str, int]:
+        after = served(self.stack)
+        return {k: after[k] - self.before[k] for k in after if after[k] - self.before[k]}
 
 
 def body(stack, bucket: str, key: str) -> bytes:
@@ -45,25 +61,116 @@ def test_new_object_costs_a_target_head_a_source_get_and_a_put(stack, pair):
     src, dst, settings = pair
     stack.source.client().put_object(Bucket=src, Key="a b+%.txt", Body=b"new", ContentType="x/y")
     copier = Copier(settings)
-    sent = count_requests(copier)
+    requests = Requests(stack)
 
     assert copier.copy(Task(bucket=src, key="a b+%.txt", origin="backfill")).copied
-    assert sent == {"target HeadObject": 1, "source GetObject": 1, "target PutObject": 1}
+    assert requests.spent() == {
+        "target HeadObject": 1,
+        "source GetObject": 1,
+        "target PutObject": 1,
+    }
     head = stack.target.client().head_object(Bucket=dst, Key="a b+%.txt")
     assert head["ContentType"] == "x/y" and body(stack, dst, "a b+%.txt") == b"new"
 
 
 def test_up_to_date_object_costs_two_heads(stack, pair):
     src, _, settings = pair
-    stack.source.client().put_object(Bucket=src, Key="k", Body=b"same")
+    stack.source.client().put_object(Bucket=src, Key="k", Body=b"same", Metadata={"a": "1"})
     copier = Copier(settings)
     copier.copy(Task(bucket=src, key="k", origin="backfill"))
-    sent = count_requests(copier)
+    requests = Requests(stack)
 
     assert copier.copy(Task(bucket=src, key="k", origin="backfill")) == Outcome(
         False, "target already current"
     )
-    assert sent == {"target HeadObject": 1, "source HeadObject": 1}
+    assert requests.spent() == {"target HeadObject": 1, "source HeadObject": 1}
+
+
+def test_a_metadata_only_change_replicates(stack, pair):
+    """CopyObject with REPLACE keeps the bytes (and the ETag) but changes what travels."""
+    src, dst, settings = pair
+    source = stack.source.client()
+    source.put_object(Bucket=src, Key="m", Body=b"same", ContentType="a/b", Metadata={"v": "1"})
+    copier = Copier(settings)
+    assert copier.copy(Task(bucket=src, key="m", origin="webhook")).copied
+    source.copy_object(
+        Bucket=src,
+        Key="m",
+        CopySource={"Bucket": src, "Key": "m"},
+        MetadataDirective="REPLACE",
+        ContentType="c/d",
+        Metadata={"v": "2"},
+    )
+
+    assert copier.copy(Task(bucket=src, key="m", origin="webhook")).copied
+    head = stack.target.client().head_object(Bucket=dst, Key="m")
+    assert head["ContentType"] == "c/d" and head["Metadata"]["v"] == "2"
+    assert copier.copy(Task(bucket=src, key="m", origin="webhook")).reason == (
+        "target already current"
+    )
+
+
+def test_copies_made_before_fingerprints_count_by_their_bytes(stack, pair):
+    """An upgrade must not re-copy every object a previous version copied."""
+    src, dst, settings = pair
+    stack.source.client().put_object(Bucket=src, Key="old", Body=b"x")
+    copier = Copier(settings)
+    copier.copy(Task(bucket=src, key="old", origin="backfill"))
+    target = stack.target.client()
+    head = target.head_object(Bucket=dst, Key="old")
+    metadata = {k: v for k, v in head["Metadata"].items() if k != SOURCE_META}
+    target.copy_object(
+        Bucket=dst,
+        Key="old",
+        CopySource={"Bucket": dst, "Key": "old"},
+        MetadataDirective="REPLACE",
+        Metadata=metadata,
+    )
+    assert copier.copy(Task(bucket=src, key="old", origin="backfill")).reason == (
+        "target already current"
+    )
+
+
+HARD_KEYS = [
+    "dir/",
+    "sp ace/plus+sign/pct%20/q?x#frag",
+    "ünïcødé/😀.txt",
+    "tab\tand\nnewline",
+    "back\\slash",
+    "x" * 200 + "/" + "y" * 200 + "/" + "z" * 200,
+    "trailing.",
+]
+
+
+@pytest.mark.parametrize("key", HARD_KEYS, ids=range(len(HARD_KEYS)))
+def test_hard_keys_and_every_kept_header_arrive_exactly(stack, pair, key):
+    src, dst, settings = pair
+    expires = dt.datetime(2031, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
+    stack.source.client().put_object(
+        Bucket=src,
+        Key=key,
+        Body=b"" if key.endswith("/") else key.encode(),
+        ContentType="text/x-hard",
+        ContentEncoding="identity",
+        ContentDisposition='attachment; filename="h.txt"',
+        CacheControl="max-age=60",
+        ContentLanguage="ko",
+        Expires=expires,
+        Metadata={"color": "Blue"},
+    )
+    assert Copier(settings).copy(Task(bucket=src, key=key, origin="backfill")).copied
+
+    listed = stack.target.client().list_objects_v2(Bucket=dst)["Contents"]
+    assert [o["Key"] for o in listed] == [key]
+    head = stack.target.client().head_object(Bucket=dst, Key=key)
+    assert head["ContentType"] == "text/x-hard"
+    assert head["ContentEncoding"] == "identity"
+    assert head["ContentDisposition"] == 'attachment; filename="h.txt"'
+    assert head["CacheControl"] == "max-age=60"
+    assert head["ContentLanguage"] == "ko"
+    assert head["ExpiresString"] == "Tue, 06 May 2031 07:08:09 GMT"
+    assert head["Metadata"]["color"] == "Blue"
+    assert body(stack, dst, key) == (b"" if key.endswith("/") else key.encode())
 
 
 class Interrupted(Copier):
@@ -72,21 +179,17 @@ class Interrupted(Copier):
     def __init__(self, settings, meanwhile: Callable[[], None]) -> None:
         super().__init__(settings)
         self.meanwhile: Callable[[], None] | None = meanwhile
+        for name in ("get", "read"):
+            real = getattr(self.source, name)
 
-    def _interrupt(self) -> None:
-        if self.meanwhile:
-            run, self.meanwhile = self.meanwhile, None
-            run()
+            def hooked(*args, real=real, **kwargs):
+                got = real(*args, **kwargs)
+                if self.meanwhile:
+                    run, self.meanwhile = self.meanwhile, None
+                    run()
+                return got
 
-    def _get_source(self, task):
-        got = super()._get_source(task)
-        self._interrupt()
-        return got
-
-    def _read(self, task, source, byte_range=None):
-        got = super()._read(task, source, byte_range)
-        self._interrupt()
-        return got
+            setattr(self.source, name, hooked)
 
 
 def test_an_older_read_never_lands_over_a_newer_copy(stack, pair):
@@ -126,10 +229,29 @@ def test_large_object_is_read_in_parts_pinned_by_etag(stack, pair):
     """A task without a size still finds out from the GET that the object needs parts."""
     src, dst, settings = pair
     data = bytes(range(256)) * (17 * 4096)  # 17 MiB: above the single-PUT threshold
-    stack.source.client().put_object(Bucket=src, Key="big", Body=data)
+    stack.source.client().put_object(Bucket=src, Key="big", Body=data, Metadata={"m": "1"})
     copier = Copier(settings)
-    sent = count_requests(copier)
+    requests = Requests(stack)
 
     assert copier.copy(Task(bucket=src, key="big", origin="backfill")).bytes == len(data)
-    assert sent["target UploadPart"] == 3 and sent["target CompleteMultipartUpload"] == 1
+    spent = requests.spent()
+    assert spent["target PutObjectPart"] == 3 and spent["target CompleteMultipartUpload"] == 1
     assert body(stack, dst, "big") == data
+    head = stack.target.client().head_object(Bucket=dst, Key="big")
+    assert head["Metadata"]["m"] == "1"
+    assert copier.copy(Task(bucket=src, key="big", origin="backfill")).reason == (
+        "target already current"
+    )
+
+
+def test_a_source_changing_during_a_multipart_copy_is_chased(stack, pair):
+    src, dst, settings = pair
+    source = stack.source.client()
+    old, new = b"a" * (17 * 1024 * 1024), b"b" * (17 * 1024 * 1024)
+    source.put_object(Bucket=src, Key="big", Body=old)
+
+    def rewrite():
+        source.put_object(Bucket=src, Key="big", Body=new)
+
+    Interrupted(settings, rewrite).copy(Task(bucket=src, key="big", origin="backfill"))
+    assert body(stack, dst, "big") == new

@@ -1,43 +1,51 @@
-"""Error classification (design section 6)."""
+"""Error typing (design section 6): S3 answers and connection failures to kinds."""
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from replicator.errors import Kind, classify
-
-
-def client_error(code: str, status: int) -> ClientError:
-    response = {
-        "Error": {"Code": code, "Message": "m"},
-        "ResponseMetadata": {"HTTPStatusCode": status},
-    }
-    return ClientError(response, "PutObject")
+from replicator.errors import Kind, answer, broken, down, kind_of
 
 
 @pytest.mark.parametrize(
-    ("exc", "kind"),
+    ("code", "status", "kind"),
     [
-        (client_error("AccessDenied", 403), Kind.PERMANENT),
-        (client_error("InvalidAccessKeyId", 403), Kind.PERMANENT),
-        (client_error("SignatureDoesNotMatch", 403), Kind.PERMANENT),
-        (client_error("NoSuchBucket", 404), Kind.PERMANENT),
-        (client_error("403", 403), Kind.PERMANENT),
-        (client_error("NoSuchKey", 404), Kind.MOOT),
-        (client_error("404", 404), Kind.MOOT),
-        (client_error("NotImplemented", 501), Kind.PERMANENT),
-        (client_error("SlowDown", 503), Kind.TRANSIENT),
-        (client_error("InternalError", 500), Kind.TRANSIENT),
-        (client_error("503", 503), Kind.TRANSIENT),
-        (EndpointConnectionError(endpoint_url="http://x"), Kind.TRANSIENT),
-        (ReadTimeoutError(endpoint_url="http://x"), Kind.TRANSIENT),
-        (ValueError("bug"), Kind.PERMANENT),
+        ("AccessDenied", 403, Kind.PERMANENT),
+        ("InvalidAccessKeyId", 403, Kind.PERMANENT),
+        ("SignatureDoesNotMatch", 403, Kind.PERMANENT),
+        ("NoSuchBucket", 404, Kind.PERMANENT),
+        ("PermanentRedirect", 301, Kind.PERMANENT),
+        ("", 301, Kind.PERMANENT),
+        ("NotImplemented", 501, Kind.PERMANENT),
+        ("403", 403, Kind.PERMANENT),
+        ("InvalidArgument", 400, Kind.PERMANENT),
+        ("NoSuchKey", 404, Kind.MOOT),
+        ("404", 404, Kind.MOOT),
+        ("PreconditionFailed", 412, Kind.CONFLICT),
+        ("ConditionalRequestConflict", 409, Kind.CONFLICT),
+        ("RequestTimeout", 400, Kind.TRANSIENT),
+        ("ExpiredToken", 400, Kind.TRANSIENT),
+        ("SlowDown", 503, Kind.TRANSIENT),
+        ("InternalError", 500, Kind.TRANSIENT),
+        ("", 502, Kind.TRANSIENT),  # a load balancer's page: this key failed, not the side
+        ("504", 504, Kind.TRANSIENT),
+        ("", 429, Kind.TRANSIENT),
     ],
 )
-def test_classification(exc, kind):
-    assert classify(exc, "target").kind is kind
+def test_kind_of_an_answer(code, status, kind):
+    assert kind_of(code, status) is kind
 
 
-def test_connection_failures_mean_the_endpoint_is_down():
-    error = classify(EndpointConnectionError(endpoint_url="http://x"), "target")
-    assert error.unreachable and error.side == "target"
-    assert not classify(client_error("SlowDown", 503), "target").unreachable
+def test_a_missing_bucket_is_permanent_and_names_the_side():
+    error = answer("source", "NoSuchBucket", 404, "The specified bucket does not exist")
+    assert error.kind is Kind.PERMANENT and error.side == "source"
+    assert "source bucket does not exist" in error.reason
+
+
+def test_a_wrong_region_names_the_real_one():
+    error = answer("target", "PermanentRedirect", 301, "", region="ap-northeast-2")
+    assert error.kind is Kind.PERMANENT
+    assert "AWS_REGION=ap-northeast-2" in error.reason
+
+
+def test_connection_failures():
+    assert down("target", "refused").kind is Kind.DOWN
+    assert broken("target", "reset").kind is Kind.TRANSIENT

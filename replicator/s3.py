@@ -1,0 +1,417 @@
+"""The S3 layer: the clients of one endpoint and exactly the operations the product needs.
+
+The hot path runs on compiled code: obstore (Rust `object_store`) for the target's HEAD
+and conditional PUT, and for the source a presigned GET/HEAD (signed by obstore) over
+http.client, because only a raw response shows every header (`Expires` included).
+boto3 does what obstore cannot: keys obstore's paths cannot hold exactly (`dir/`, `./x`,
+control characters), `Expires` on a write, multipart uploads with a conditional
+complete, listings, bucket probes. Every failure leaves this module as a typed CopyError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.client
+import re
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import obstore
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+)
+from obstore import exceptions as oe
+from obstore.store import S3Store
+
+from . import errors
+from .config import Endpoint, Settings
+from .errors import CopyError, Kind
+
+# Headers that travel with the object (design 7.4), by their HTTP names.
+KEPT_HEADERS = (
+    "Content-Type",
+    "Content-Encoding",
+    "Content-Disposition",
+    "Cache-Control",
+    "Content-Language",
+    "Expires",
+)
+_BOTO_NAMES = {name: name.replace("-", "") for name in KEPT_HEADERS}
+_OBSTORE_HEADERS = frozenset(KEPT_HEADERS) - {"Expires"}
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 60
+_SIGNED_FOR = dt.timedelta(minutes=15)
+_STATUS = re.compile(r"status code: (\d{3})")
+_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+_REGION = re.compile(r"<Region>([^<]+)</Region>")
+_UNSAFE_SEGMENTS = frozenset({"", ".", ".."})
+
+
+@dataclass(frozen=True)
+class Head:
+    """What an endpoint says an object is: identity, kept headers and user metadata."""
+
+    etag: str
+    size: int
+    mtime: str
+    headers: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def compiled_key(key: str) -> bool:
+    """Whether obstore's path type holds this key byte for byte (else boto3 carries it)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return False
+    return not any(part in _UNSAFE_SEGMENTS for part in key.split("/"))
+
+
+class S3:
+    """One endpoint (the source MinIO or the target S3), on the side it plays."""
+
+    def __init__(self, endpoint: Endpoint, settings: Settings, side: str, pool: int = 10) -> None:
+        self.endpoint = endpoint
+        self.side = side
+        self.region = settings.aws_region or "us-east-1"
+        self.aws = urlsplit(endpoint.url).hostname is not None and (
+            urlsplit(endpoint.url).hostname or ""
+        ).endswith("amazonaws.com")
+        self.verify: bool | str = settings.ca_bundle or settings.tls_verify
+        self.boto = self._boto(pool)
+        self._stores: dict[str, S3Store] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    # ---- clients ------------------------------------------------------------------
+
+    def _boto(self, pool: int) -> Any:
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint.url,
+            aws_access_key_id=self.endpoint.access_key,
+            aws_secret_access_key=self.endpoint.secret_key,
+            region_name=self.region,
+            verify=self.verify,
+            config=Config(
+                s3={"addressing_style": "auto" if self.aws else "path"},
+                signature_version="s3v4",
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+                retries={"max_attempts": 1, "mode": "standard"},  # the policy retries
+                max_pool_connections=pool,
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+
+    def store(self, bucket: str) -> S3Store:
+        with self._lock:
+            if bucket not in self._stores:
+                self._stores[bucket] = self._new_store(bucket)
+            return self._stores[bucket]
+
+    def _new_store(self, bucket: str) -> S3Store:
+        options: dict[str, Any] = {
+            "allow_http": True,
+            "connect_timeout": dt.timedelta(seconds=CONNECT_TIMEOUT_S),
+            "timeout": dt.timedelta(seconds=READ_TIMEOUT_S),
+            "pool_max_idle_per_host": "64",
+        }
+        if self.verify is False:
+            options["allow_invalid_certificates"] = True
+        elif isinstance(self.verify, str):
+            options["root_certificate"] = self.verify
+        config: dict[str, Any] = {
+            "access_key_id": self.endpoint.access_key,
+            "secret_access_key": self.endpoint.secret_key,
+            "region": self.region,
+        }
+        if self.aws:
+            config["virtual_hosted_style_request"] = "." not in bucket
+        else:
+            config["endpoint"] = self.endpoint.url
+        return S3Store(
+            bucket,
+            config=config,
+            client_options=options,
+            retry_config={"max_retries": 0, "retry_timeout": dt.timedelta(seconds=30)},
+        )
+
+    # ---- reads --------------------------------------------------------------------
+
+    def head(self, bucket: str, key: str) -> Head | None:
+        """The object's identity, headers and metadata; None when there is no such key."""
+        if not compiled_key(key):
+            return self._boto_head(bucket, key)
+        if self.side == "source":
+            status, headers, _ = self._raw("HEAD", bucket, key)
+            return None if status == 404 else _head_from_http(headers)
+        try:
+            got = obstore.get(self.store(bucket), key, options={"head": True})
+        except FileNotFoundError as exc:
+            if _code(exc) == "NoSuchBucket":
+                raise self._obstore_error(exc) from exc
+            return None
+        except Exception as exc:
+            raise self._obstore_error(exc) from exc
+        return _head_from_obstore(got.meta, got.attributes)
+
+    def get(self, bucket: str, key: str, limit: int) -> tuple[Head, bytes | None]:
+        """Identity and bytes in one GET; no bytes (the stream closed) above `limit`."""
+        if not compiled_key(key):
+            return self._boto_get(bucket, key, limit)
+        status, headers, body = self._raw("GET", bucket, key, limit=limit)
+        if status == 404:
+            raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
+        return _head_from_http(headers), body
+
+    def read(self, bucket: str, key: str, etag: str, start: int, end: int) -> bytes:
+        """Bytes start..end (inclusive) of the version with this ETag; CONFLICT if it changed."""
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "IfMatch": etag}
+        if start or end >= 0:
+            args["Range"] = f"bytes={start}-{end}"
+        return self._boto_call("get_object", **args)["Body"].read()
+
+    # ---- writes -------------------------------------------------------------------
+
+    def put(
+        self, bucket: str, key: str, body: bytes, head: Head, metadata: dict[str, str], when: str
+    ) -> str:
+        """A single PUT if the target is as we saw it: `when` is "absent" or the ETag it
+        must still have. Returns the new ETag; CONFLICT when the condition failed."""
+        if not compiled_key(key) or "Expires" in head.headers:
+            condition = {"IfNoneMatch": "*"} if when == "absent" else {"IfMatch": when}
+            args = {**self.write_args(head, metadata), **condition}
+            return self._boto_call("put_object", Bucket=bucket, Key=key, Body=body, **args)[
+                "ETag"
+            ].strip('"')
+        attributes = {k: v for k, v in head.headers.items() if k in _OBSTORE_HEADERS}
+        attributes.update(metadata)
+        mode: Any = "create" if when == "absent" else {"e_tag": f'"{when}"'}
+        try:
+            result = obstore.put(self.store(bucket), key, body, attributes=attributes, mode=mode)
+        except Exception as exc:
+            raise self._obstore_error(exc) from exc
+        return (result["e_tag"] or "").strip('"')
+
+    def write_args(self, head: Head, metadata: dict[str, str]) -> dict[str, Any]:
+        """boto3 arguments carrying the kept headers and user metadata."""
+        args: dict[str, Any] = {_BOTO_NAMES[k]: v for k, v in head.headers.items()}
+        if "Expires" in args:
+            with contextlib.suppress(TypeError, ValueError):
+                args["Expires"] = parsedate_to_datetime(args["Expires"])
+        return {**args, "Metadata": metadata}
+
+    def multipart(self, method: str, **args: Any) -> Any:
+        """create_multipart_upload / upload_part / complete_multipart_upload (conditional)."""
+        return self._boto_call(method, **args)
+
+    def abort(self, bucket: str, key: str, upload: str) -> None:
+        # Best effort; a lifecycle rule cleans up what is left.
+        with contextlib.suppress(Exception):
+            self.boto.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+
+    # ---- probes and listings ------------------------------------------------------
+
+    def probe(self, bucket: str) -> bool:
+        """Whether the endpoint answers at all (an error answer counts: it is up)."""
+        try:
+            self.boto.head_bucket(Bucket=bucket)
+        except ClientError:
+            return True
+        except Exception:
+            return False
+        return True
+
+    # ---- boto3 paths --------------------------------------------------------------
+
+    def _boto_call(self, method: str, **args: Any) -> Any:
+        try:
+            return getattr(self.boto, method)(**args)
+        except Exception as exc:
+            raise self.boto_error(exc) from exc
+
+    def _boto_head(self, bucket: str, key: str) -> Head | None:
+        try:
+            return _head_from_boto(self.boto.head_object(Bucket=bucket, Key=key))
+        except ClientError as exc:
+            if _boto_status(exc) == 404:
+                return None
+            raise self.boto_error(exc) from exc
+        except Exception as exc:
+            raise self.boto_error(exc) from exc
+
+    def _boto_get(self, bucket: str, key: str, limit: int) -> tuple[Head, bytes | None]:
+        response = self._boto_call("get_object", Bucket=bucket, Key=key)
+        head = _head_from_boto(response)
+        if head.size > limit:
+            response["Body"].close()
+            return head, None
+        try:
+            return head, response["Body"].read()
+        except Exception as exc:
+            raise self.boto_error(exc) from exc
+
+    def boto_error(self, exc: BaseException) -> CopyError:
+        if isinstance(exc, CopyError):
+            return exc
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            meta = exc.response.get("ResponseMetadata", {})
+            region = (meta.get("HTTPHeaders") or {}).get("x-amz-bucket-region", "")
+            return errors.answer(
+                self.side,
+                str(error.get("Code") or ""),
+                _boto_status(exc),
+                str(error.get("Message") or ""),
+                str(error.get("Region") or region),
+            )
+        if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+            return errors.down(self.side, str(exc))
+        if isinstance(exc, BotoCoreError | OSError):
+            return errors.broken(self.side, str(exc))
+        return CopyError(Kind.PERMANENT, f"{self.side}: unexpected {exc!r}", self.side)
+
+    # ---- obstore and raw HTTP paths -----------------------------------------------
+
+    def _obstore_error(self, exc: BaseException) -> CopyError:
+        text = str(exc)
+        if isinstance(exc, oe.AlreadyExistsError | oe.PreconditionError):
+            return CopyError(Kind.CONFLICT, f"{self.side} precondition failed", self.side)
+        status = int(m.group(1)) if (m := _STATUS.search(text)) else 0
+        if status:
+            message = m.group(1) if (m := _MESSAGE.search(text)) else ""
+            region = m.group(1) if (m := _REGION.search(text)) else ""
+            return errors.answer(self.side, _code(exc), status, message, region)
+        if "error sending request" in text or "dns error" in text or "onnect" in text:
+            return errors.down(self.side, text.split("\n", 1)[0][:300])
+        return errors.broken(self.side, text.split("\n", 1)[0][:300])
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            url = urlsplit(self.endpoint.url)
+            if url.scheme == "https":
+                context = ssl.create_default_context(
+                    cafile=self.verify if isinstance(self.verify, str) else None
+                )
+                if self.verify is False:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                conn = http.client.HTTPSConnection(
+                    url.hostname, url.port, timeout=READ_TIMEOUT_S, context=context
+                )
+            else:
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=READ_TIMEOUT_S)
+            self._local.conn = conn
+        return conn
+
+    def _raw(
+        self, method: str, bucket: str, key: str, limit: int = 0
+    ) -> tuple[int, http.client.HTTPMessage, bytes | None]:
+        """A presigned request on this thread's connection; S3 errors raise, 404 returns."""
+        url = urlsplit(obstore.sign(self.store(bucket), method, key, _SIGNED_FOR))
+        conn = self._connection()
+        try:
+            conn.request(method, f"{url.path}?{url.query}")
+            response = conn.getresponse()
+            if response.status >= 300 or method == "HEAD":
+                body = response.read()
+            elif response.length is not None and response.length > limit:
+                conn.close()  # large: read in parts later; don't drain the stream
+                body = None
+            else:
+                body = response.read()
+        except (ConnectionRefusedError, socket.gaierror) as exc:
+            conn.close()
+            raise errors.down(self.side, repr(exc)) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            if isinstance(exc, TimeoutError) and conn.sock is None:
+                raise errors.down(self.side, "connect timed out") from exc
+            raise errors.broken(self.side, repr(exc)) from exc
+        if response.status == 404 and b"NoSuchBucket" not in (body or b""):
+            return 404, response.headers, None
+        if response.status >= 300:
+            text = (body or b"").decode(errors="replace")
+            code = m.group(1) if (m := _CODE.search(text)) else str(response.status)
+            message = m.group(1) if (m := _MESSAGE.search(text)) else response.reason
+            region = response.headers.get("x-amz-bucket-region", "")
+            raise errors.answer(self.side, code, response.status, message, region)
+        return response.status, response.headers, body
+
+
+def _code(exc: BaseException) -> str:
+    return m.group(1) if (m := _CODE.search(str(exc))) else ""
+
+
+def _boto_status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _head_from_http(headers: http.client.HTTPMessage) -> Head:
+    kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name)}
+    metadata = {
+        name[11:].lower(): value
+        for name, value in headers.items()
+        if name.lower().startswith("x-amz-meta-")
+    }
+    mtime = parsedate_to_datetime(headers["Last-Modified"]).isoformat()
+    return Head(
+        etag=headers.get("ETag", "").strip('"'),
+        size=int(headers.get("Content-Length") or 0),
+        mtime=mtime,
+        headers=kept,
+        metadata=metadata,
+    )
+
+
+def _head_from_obstore(meta: dict[str, Any], attributes: dict[str, str]) -> Head:
+    kept = {k: v for k, v in attributes.items() if k in _OBSTORE_HEADERS}
+    metadata = {k.lower(): v for k, v in attributes.items() if k not in _OBSTORE_HEADERS}
+    return Head(
+        etag=(meta.get("e_tag") or "").strip('"'),
+        size=meta["size"],
+        mtime=meta["last_modified"].isoformat(),
+        headers=kept,
+        metadata=metadata,
+    )
+
+
+def _head_from_boto(response: dict[str, Any]) -> Head:
+    kept = {}
+    for name, boto_name in _BOTO_NAMES.items():
+        value = response.get(boto_name)
+        if value:
+            kept[name] = value if isinstance(value, str) else _http_date(value)
+    if "Expires" not in kept and response.get("ExpiresString"):
+        kept["Expires"] = response["ExpiresString"]
+    return Head(
+        etag=response["ETag"].strip('"'),
+        size=response["ContentLength"],
+        mtime=response["LastModified"].isoformat(),
+        headers=kept,
+        metadata={k.lower(): v for k, v in (response.get("Metadata") or {}).items()},
+    )
+
+
+def _http_date(value: dt.datetime) -> str:
+    from email.utils import format_datetime
+
+    return format_datetime(value.astimezone(dt.UTC), usegmt=True)
+
+
+def client(endpoint: Endpoint, settings: Settings, pool: int = 10, side: str = "target") -> Any:
+    """A boto3 client for the operator tools (check, backfill listings)."""
+    return S3(endpoint, settings, side, pool).boto
