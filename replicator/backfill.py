@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from .broker import Publisher, PublishFailed
 from .config import BucketPair, Settings
-from .copier import SOURCE_ETAG, Copier, client
+from .copier import SOURCE_ETAG, Copier
 from .errors import CopyError
 from .filters import KeyFilter
+from .s3 import client
 from .task import Task
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from botocore.exceptions import ClientError
 
 from . import broker, slack, topology
 from .config import Settings
-from .copier import client
 from .reconcile import troubleshoot
 from .reconcile.mc import McMissing, find_binary
+from .s3 import client
 
 PROBE_PREFIX = ".minio-s3-mirror-check/"
 

@@ -47,6 +47,8 @@ MAX_PAIRS = 64
 MAX_INTERVAL_S = 86_400
 RECONCILE_TIMEOUT_S = 6 * 3600  # MIRROR_RECONCILE_TIMEOUT; the CronJob's deadline is above it
 MAX_RECONCILE_TIMEOUT_S = 7 * 86_400
+RETRY_DELAYS_S = (5, 30, 120, 600)  # MIRROR_RETRY_DELAYS: the delayed-retry tiers
+HOLD_MAX_S = 300  # MIRROR_HOLD_MAX: longest one task waits in a thread for a down endpoint
 SHOWN_MAX = 200  # characters of a bad value repeated in its message
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits only: int() also takes "٣" and "1_0"
 # `scheme://userinfo@` anywhere in a value, and (in URL variables) a bare `userinfo@host`.
@@ -175,6 +177,8 @@ class Settings:
     metrics_address: tuple[str, int] = ("0.0.0.0", 9100)
     digest_interval: int = 300
     reconcile_timeout_s: int = RECONCILE_TIMEOUT_S
+    retry_delays: tuple[int, ...] = RETRY_DELAYS_S
+    hold_max_s: int = HOLD_MAX_S
 
     @property
     def slack_enabled(self) -> bool:
@@ -474,7 +478,22 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
             parse_duration(1, MAX_RECONCILE_TIMEOUT_S, "6h"),
             RECONCILE_TIMEOUT_S,
         ),
+        retry_delays=env.get("MIRROR_RETRY_DELAYS", parse_delays, RETRY_DELAYS_S),
+        hold_max_s=env.get("MIRROR_HOLD_MAX", parse_duration(1, 86_400, "5m"), HOLD_MAX_S),
     )
+
+
+def parse_delays(name: str, value: str) -> tuple[int, ...]:
+    """Delayed-retry tiers: 1 to 10 increasing durations, each 1s to 1d (`5,30,2m,10m`)."""
+    expected = "1 to 10 increasing delays, each 1s to 1d, separated by commas (example: 5,30,2m,10m)"
+    one = parse_duration(1, 86_400, "30")
+    try:
+        delays = tuple(one(name, part.strip()) for part in value.split(","))
+    except ConfigError:
+        raise ConfigError(name, value, expected) from None
+    if not 1 <= len(delays) <= 10 or list(delays) != sorted(set(delays)):
+        raise ConfigError(name, value, expected)
+    return delays
 
 
 def parse_url_with_path(name: str, value: str) -> str:
