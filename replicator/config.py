@@ -485,7 +485,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
 
 def parse_delays(name: str, value: str) -> tuple[int, ...]:
     """Delayed-retry tiers: 1 to 10 increasing durations, each 1s to 1d (`5,30,2m,10m`)."""
-    expected = "1 to 10 increasing delays, each 1s to 1d, separated by commas (example: 5,30,2m,10m)"
+    expected = "1 to 10 increasing delays, each 1s to 1d, comma-separated (example: 5,30,2m,10m)"
     one = parse_duration(1, 86_400, "30")
     try:
         delays = tuple(one(name, part.strip()) for part in value.split(","))
