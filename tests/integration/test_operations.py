@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from replicator import topology
 from replicator.task import Task
 from tests.integration.conftest import dead_letters
+from tests.integration.test_iam import readme_policies, user_with_policy
 from tests.integration.test_pipeline import pair_env, publish, target_keys, wait_for_keys
 
 pytestmark = pytest.mark.integration
@@ -71,6 +72,66 @@ def test_backfill_direct_copies_without_rabbitmq(stack, notifying, source_bucket
     assert code == 0, out
     assert "copied 50" in out
     assert target_keys(stack.target.client(), dst) == set(keys)
+
+
+def summary(out: str) -> list[dict]:
+    """The --json report in a process log (JSON log lines may come before it)."""
+    start = out.index("\n[\n") + 1 if not out.startswith("[") else 0
+    return json.JSONDecoder().raw_decode(out[start:])[0]
+
+
+def old_copies_on_both_sides(notifying, stack, src: str, dst: str, keys: list[str]) -> None:
+    """Same size, other bytes on the target: only a target HEAD can tell backfill."""
+    for key in keys:
+        notifying.client().put_object(Bucket=src, Key=key, Body=b"new bytes")
+        stack.target.client().put_object(Bucket=dst, Key=key, Body=b"old bytes")
+
+
+def denied_head(stack, dst: str, key: str, fault_proxy) -> dict[str, str]:
+    """A target user with the README's policy, minus GetObject (so HeadObject) on `key`."""
+    policy = json.loads(readme_policies()[0].replace("photos-backup", dst))
+    policy["Statement"].append(
+        {
+            "Sid": "NoHeadOnOneKey",
+            "Effect": "Deny",
+            "Action": ["s3:GetObject"],
+            "Resource": [f"arn:aws:s3:::{dst}/{key}"],
+        }
+    )
+    user, secret = user_with_policy(stack.target, json.dumps(policy))
+    return {"AWS_ACCESS_KEY": user, "AWS_SECRET_KEY": secret}
+
+
+def reset_head(stack, dst: str, key: str, fault_proxy) -> dict[str, str]:
+    """The target reached through a proxy that resets the connection of `key`'s HEAD."""
+    fault_proxy.add_rule(key, "reset", "HEAD")
+    return {"AWS_URL": fault_proxy.url}
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [(denied_head, "target HEAD failed: 403: Forbidden"), (reset_head, "target HEAD failed: ")],
+)
+def test_backfill_counts_a_failed_target_head_and_goes_on(
+    stack, notifying, source_bucket, buckets, procs, fault_proxy, fault, reason
+):
+    src, dst = source_bucket(), buckets("target")
+    keys = [f"h/{i}.txt" for i in range(6)]
+    bad = "h/3.txt"
+    old_copies_on_both_sides(notifying, stack, src, dst, keys)
+    env = pair_env(src, dst, **fault(stack, dst, bad, fault_proxy))
+
+    code, out = finished(procs("backfill", "--direct", "--json", **env), timeout=300)
+
+    assert code == 1, out
+    assert "Traceback" not in out
+    (report,) = summary(out)
+    assert (report["listed"], report["current"], report["queued"]) == (6, 0, 5), report
+    assert report["failed"] == 1 and len(report["failures"]) == 1, report
+    assert report["failures"][0].startswith(f"{bad}: {reason}"), report
+    target = stack.target.client()
+    bodies = {k: target.get_object(Bucket=dst, Key=k)["Body"].read() for k in keys}
+    assert bodies == {k: b"old bytes" if k == bad else b"new bytes" for k in keys}
 
 
 def test_dead_letters_are_listed_and_replayed_after_the_fix(
