@@ -91,6 +91,7 @@ class MinioServer:
             "MINIO_ROOT_PASSWORD": self.secret_key,
             "MINIO_UPDATE": "off",
             "MINIO_BROWSER": "off",
+            "MINIO_PROMETHEUS_AUTH_TYPE": "public",  # request counts for tests and benchmarks
             **self.extra_env,
         }
         log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - owned by the process
@@ -331,10 +332,10 @@ class RabbitCluster:
         return list(json.loads(done.stdout).get("running_nodes", []))
 
     def queues(self, via: RabbitNode | None = None) -> dict[str, dict]:
-        """name -> {"leader": node, "members": [nodes], "online": [nodes]} for every queue."""
+        """name -> {"type", "leader", "members", "online", "messages"} for every queue."""
         via = via or self.running()[0]
         done = via._ctl(
-            "list_queues", "name", "type", "leader", "members", "online",
+            "list_queues", "name", "type", "leader", "members", "online", "messages",
             "--formatter", "json", "-q", timeout=60,
         )  # fmt: skip
         if done.returncode != 0:
