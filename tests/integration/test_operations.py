@@ -134,6 +134,24 @@ def test_backfill_counts_a_failed_target_head_and_goes_on(
     assert bodies == {k: b"old bytes" if k == bad else b"new bytes" for k in keys}
 
 
+def test_backfill_with_rabbitmq_down_stops_the_pair_with_a_summary(
+    stack, notifying, source_bucket, buckets, procs
+):
+    src, dst = source_bucket(), buckets("target")
+    fill(notifying.client(), src, ["q/1.txt", "q/2.txt"])
+    closed = f"amqp://guest:rabbit-pw@127.0.0.1:{local_stack.free_port()}/%2F"
+
+    env = pair_env(src, dst, RABBITMQ_URL=closed, MIRROR_DEBUG="false")  # debug shows pika's
+
+    code, out = finished(procs("backfill", "--json", **env))
+
+    assert code == 1, out
+    assert "Traceback" not in out and "rabbit-pw" not in out, out
+    (report,) = summary(out)
+    assert (report["listed"], report["queued"], report["failed"]) == (1, 0, 1), report
+    assert report["failures"][0].startswith("pair stopped after 1 listed: "), report
+
+
 def test_dead_letters_are_listed_and_replayed_after_the_fix(
     stack, notifying, source_bucket, buckets, procs, amqp, rabbit
 ):
