@@ -265,6 +265,16 @@ class RabbitNode:
         self.stop()
         return self.start()
 
+    def queues(self) -> dict[str, dict]:
+        """name -> {"type", "leader", "members", "online", "messages"} for every queue."""
+        done = self._ctl(
+            "list_queues", "name", "type", "leader", "members", "online", "messages",
+            "--formatter", "json", "-q", timeout=60,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl list_queues failed: {done.stdout}{done.stderr}")
+        return {row["name"]: row for row in json.loads(done.stdout or "[]")}
+
     def kill(self) -> None:
         """SIGKILL the node (its whole process group: the script and the Erlang VM)."""
         if self.proc and self.proc.poll() is None:
@@ -332,15 +342,8 @@ class RabbitCluster:
         return list(json.loads(done.stdout).get("running_nodes", []))
 
     def queues(self, via: RabbitNode | None = None) -> dict[str, dict]:
-        """name -> {"type", "leader", "members", "online", "messages"} for every queue."""
-        via = via or self.running()[0]
-        done = via._ctl(
-            "list_queues", "name", "type", "leader", "members", "online", "messages",
-            "--formatter", "json", "-q", timeout=60,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl list_queues failed: {done.stdout}{done.stderr}")
-        return {row["name"]: row for row in json.loads(done.stdout or "[]")}
+        """Every queue of the cluster, as RabbitNode.queues (asked through `via` or a live node)."""
+        return (via or self.running()[0]).queues()
 
     def leader(self, queue: str, via: RabbitNode | None = None) -> RabbitNode:
         """The node leading a quorum queue now."""
