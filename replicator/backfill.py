@@ -25,7 +25,7 @@ from .config import BucketPair, Settings
 from .copier import SOURCE_ETAG, Copier
 from .errors import CopyError
 from .filters import KeyFilter
-from .s3 import client
+from .s3 import S3
 from .task import Task
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,9 @@ def reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def listing(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    for page in pages:
-        yield from page.get("Contents", [])
+def listing(s3: S3, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    for item in s3.list(bucket, prefix):
+        yield {"Key": item.key, "Size": item.size, "ETag": item.etag}
 
 
 class Backfill:
@@ -85,8 +84,8 @@ class Backfill:
         self.settings = settings
         self.direct, self.dry_run = direct, dry_run
         threads = settings.max_workers or 8
-        self.source = client(settings.source, settings, threads + 2)
-        self.target = client(settings.target, settings, threads + 2)
+        self.source = S3(settings.source, settings, "source", threads + 2)
+        self.target = S3(settings.target, settings, "target", threads + 2)
         self.copier = Copier(settings, pool=threads + 2) if direct else None
         self.pool = ThreadPoolExecutor(threads) if direct and not dry_run else None
         self.publisher = (
@@ -94,9 +93,6 @@ class Backfill:
             if direct or dry_run
             else Publisher(settings.rabbitmq_url, name="minio-s3-mirror backfill")
         )
-        if self.publisher and not settings.debug:
-            # RabbitMQ down is reported once in the summary, not as pika's ERROR tracebacks.
-            logging.getLogger("pika").setLevel(logging.CRITICAL)
 
     def run(self, pairs: list[BucketPair]) -> list[PairReport]:
         try:
@@ -137,13 +133,13 @@ class Backfill:
             same = target if target is not None and target["Key"] == want else None
             try:
                 current = self._current(obj, same, pair.target_bucket)
-            except (ClientError, BotoCoreError) as exc:  # one key: count it, carry on
+            except EXPECTED as exc:  # one key: count it, carry on
                 report.fail(f"{obj['Key']}: target HEAD failed: {reason(exc)}")
                 continue
             if current:
                 report.current += 1
             else:
-                pending.append(self._send(pair, obj, report))
+                pending.append(self._send(pair, obj, report, absent=same is None))
                 while len(pending) > PENDING_COPIES:  # backpressure keeps memory flat
                     pending.popleft().result()
             if time.monotonic() - last_log > LOG_EVERY_S and progress.disable:
@@ -158,10 +154,12 @@ class Backfill:
             return False
         if target["ETag"] == obj["ETag"]:
             return True
-        head = self.target.head_object(Bucket=bucket, Key=target["Key"])
-        return head.get("Metadata", {}).get(SOURCE_ETAG) == obj["ETag"].strip('"')
+        head = self.target.head(bucket, target["Key"])
+        return head is not None and head.metadata.get(SOURCE_ETAG) == obj["ETag"]
 
-    def _send(self, pair: BucketPair, obj: dict[str, Any], report: PairReport) -> Future[None]:
+    def _send(
+        self, pair: BucketPair, obj: dict[str, Any], report: PairReport, *, absent: bool
+    ) -> Future[None]:
         # The listed size tells the copy engine whether one GET can carry the object.
         task = Task(
             bucket=pair.source_bucket,
@@ -169,6 +167,7 @@ class Backfill:
             origin="backfill",
             etag=obj["ETag"].strip('"'),
             size=obj["Size"],
+            target_absent=absent,
         )
         if self.pool:
             return self.pool.submit(self._copy, task, report)

@@ -120,8 +120,11 @@ class Copier:
     def _copy_pair(self, task: Task, pair: BucketPair) -> Outcome:
         bucket, key = pair.target_bucket, pair.target_key(task.key)
         with self.locks.hold(f"{bucket}/{key}"):
+            # A lister that saw no target object saves the HEAD: write first, look on 412.
+            write_first = task.target_absent and len(self.settings.pairs) == 1
             for _ in range(CHASES):
-                target = self.target.head(bucket, key)
+                target = None if write_first else self.target.head(bucket, key)
+                write_first = False
                 if target is None:
                     # Nothing to compare with: one GET gives the source's identity and
                     # (small) bytes; the write lands only if the key is still absent.

@@ -93,6 +93,15 @@ def kind_of(code: str, status: int) -> Kind:
     return Kind.TRANSIENT
 
 
+# What an answer without an S3 error code (a HEAD, a proxy's page) most likely means.
+_BARE = {
+    400: "bad request",
+    401: "unauthorized: wrong credentials",
+    403: "forbidden: access denied or wrong credentials",
+    404: "not found",
+}
+
+
 def answer(side: str, code: str, status: int, message: str, region: str = "") -> CopyError:
     """The typed error for an S3 answer; a wrong region names the bucket's real one."""
     if code == "NoSuchBucket" or (status == 404 and code == "NoSuchBucket"):
@@ -105,8 +114,11 @@ def answer(side: str, code: str, status: int, message: str, region: str = "") ->
     kind = kind_of(code, status)
     if kind is Kind.MOOT:
         return CopyError(kind, f"source object is gone ({side} {code or status})", side, code)
-    label = code if code and code != str(status) else f"HTTP {status}"
-    return CopyError(kind, f"{side} {label}: {message}".rstrip(": "), side, code)
+    if not code or code == str(status):
+        code = ""
+        message = message or _BARE.get(status, "no S3 error code in the answer")
+    label = f"{status} {code}".strip()
+    return CopyError(kind, f"{side} {label}: {message}", side, code)
 
 
 def down(side: str, detail: str) -> CopyError:

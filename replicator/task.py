@@ -27,10 +27,11 @@ class Task:
     sequencer: str = ""
     event: str = ""
     event_time: str = ""
+    target_absent: bool = False  # the lister saw no target object: write first, HEAD on 412
     v: int = VERSION
 
     def to_json(self) -> bytes:
-        body = {k: v for k, v in asdict(self).items() if v not in ("", None)}
+        body = {k: v for k, v in asdict(self).items() if v not in ("", None, False)}
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -43,8 +44,14 @@ def from_dict(body: dict[str, Any]) -> Task:
         raise MalformedTask("task has no bucket")
     if not isinstance(key, str) or not key:
         raise MalformedTask("task has no key")
+    try:
+        encoded = key.encode()
+    except UnicodeEncodeError as exc:
+        raise MalformedTask("task key is not valid Unicode") from exc
+    if "\0" in key or len(encoded) > 1024:
+        raise MalformedTask("task key has a NUL character or is over 1,024 bytes")
     size = body.get("size")
-    if size is not None and (not isinstance(size, int) or size < 0):
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise MalformedTask(f"task size {size!r} is not a non-negative integer")
     return Task(
         bucket=bucket,
@@ -55,4 +62,5 @@ def from_dict(body: dict[str, Any]) -> Task:
         sequencer=str(body.get("sequencer") or ""),
         event=str(body.get("event") or ""),
         event_time=str(body.get("event_time") or ""),
+        target_absent=body.get("target_absent") is True,
     )

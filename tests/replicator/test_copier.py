@@ -255,3 +255,28 @@ def test_a_source_changing_during_a_multipart_copy_is_chased(stack, pair):
 
     Interrupted(settings, rewrite).copy(Task(bucket=src, key="big", origin="backfill"))
     assert body(stack, dst, "big") == new
+
+
+def test_a_lister_that_saw_no_target_object_saves_the_head(stack, pair):
+    src, dst, settings = pair
+    stack.source.client().put_object(Bucket=src, Key="n", Body=b"new")
+    copier = Copier(settings)
+    requests = Requests(stack)
+
+    assert copier.copy(Task(bucket=src, key="n", origin="backfill", target_absent=True)).copied
+    assert requests.spent() == {"source GetObject": 1, "target PutObject": 1}
+
+
+def test_a_stale_absent_hint_never_overwrites_blindly(stack, pair):
+    """The target got the object after the listing: the write-first PUT is refused (412),
+    the engine looks, and MIRROR_OVERWRITE=false keeps the target's object."""
+    src, dst, settings = pair
+    stack.source.client().put_object(Bucket=src, Key="n", Body=b"source")
+    stack.target.client().put_object(Bucket=dst, Key="n", Body=b"target's own")
+    keep = config.load(
+        {**base_env(stack), "BUCKET_PAIR": f"minio/{src}:aws/{dst}", "MIRROR_OVERWRITE": "false"}
+    )
+
+    outcome = Copier(keep).copy(Task(bucket=src, key="n", origin="backfill", target_absent=True))
+    assert not outcome.copied and "MIRROR_OVERWRITE=false" in outcome.reason
+    assert body(stack, dst, "n") == b"target's own"

@@ -1,0 +1,87 @@
+"""The S3 layer on the real source MinIO: what the compiled and raw paths give back."""
+
+from __future__ import annotations
+
+import pytest
+
+from replicator import config
+from replicator.errors import Kind
+from replicator.s3 import S3, compiled_key
+from tests.conftest import base_env
+
+KEYS = [
+    "dir/",
+    "a b+c%20d?e#f",
+    "ünïcødé/파일 😀.txt",
+    "tab\there",
+    "amp&lt;<tag>\"quote'",
+    "./dot",
+    "x/../y",
+    "plus+",
+]
+
+
+@pytest.fixture
+def source(stack, buckets):
+    bucket = buckets("source")
+    settings = config.load({**base_env(stack), "BUCKET_PAIR": f"minio/{bucket}:aws/unused"})
+    return bucket, S3(settings.source, settings, "source")
+
+
+def test_compiled_key_refuses_what_obstore_paths_would_change():
+    assert compiled_key("a b+c%20d?e#f") and compiled_key("ünï/😀")
+    for key in ("dir/", "/lead", "a//b", "./x", "x/../y", "tab\there", "del\x7f"):
+        assert not compiled_key(key), key
+
+
+def test_listing_gives_every_key_exactly_across_pages(stack, source):
+    bucket, s3 = source
+    client = stack.source.client()
+    written = {}
+    for i, key in enumerate(KEYS):
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=b"x" * i)
+            written[key] = i
+        except client.exceptions.ClientError:
+            pass  # MinIO refuses some names (`..` segments); the listing is what matters
+    for i in range(1005):
+        client.put_object(Bucket=bucket, Key=f"many/{i:05d}", Body=b"")
+    assert "dir/" in written and "tab\there" in written
+
+    listed = list(s3.list(bucket, ""))
+    names = [item.key for item in listed]
+    assert names == sorted(names, key=lambda k: k.encode())
+    assert set(written) <= set(names) and len(names) == len(written) + 1005
+    sizes = {item.key: item.size for item in listed}
+    assert all(sizes[key] == size for key, size in written.items())
+    assert [i.key for i in s3.list(bucket, "many/0000")] == [f"many/{i:05d}" for i in range(10)]
+
+
+def test_head_and_get_see_every_header_and_a_missing_key(stack, source):
+    bucket, s3 = source
+    stack.source.client().put_object(
+        Bucket=bucket, Key="k", Body=b"abc", ContentType="t/x", Metadata={"Color": "Red"}
+    )
+    head = s3.head(bucket, "k")
+    assert (head.size, head.headers["Content-Type"], head.metadata) == (3, "t/x", {"color": "Red"})
+    got, body = s3.get(bucket, "k", limit=10)
+    assert body == b"abc" and got == head
+    assert s3.head(bucket, "missing") is None
+
+
+def test_a_missing_bucket_is_permanent_not_a_missing_key(stack, source):
+    _, s3 = source
+    with pytest.raises(Exception) as raised:
+        s3.get("no-such-bucket-here", "k", limit=10)
+    assert raised.value.kind is Kind.PERMANENT and "bucket does not exist" in raised.value.reason
+
+
+def test_a_down_endpoint_is_typed_down(stack):
+    settings = config.load(
+        {**base_env(stack), "MINIO_URL": "http://127.0.0.1:9", "BUCKET_PAIR": "minio/abc:aws/ddd"}
+    )
+    s3 = S3(settings.source, settings, "source")
+    for call in (lambda: s3.get("abc", "k", 10), lambda: list(s3.list("abc", ""))):
+        with pytest.raises(Exception) as raised:
+            call()
+        assert raised.value.kind is Kind.DOWN
