@@ -1,4 +1,5 @@
-"""From tasks to RabbitMQ: scope filtering and confirmed publishing, shared by both modes."""
+"""From tasks to RabbitMQ: scope filtering, confirmed publishing and parking of events
+that cannot become tasks, shared by both modes."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import logging
 import random
 import threading
 
-from replicator import metrics
-from replicator.broker import Publisher, PublishFailed
+from replicator import message, metrics, topology
+from replicator.broker import Publisher, PublishFailed, PublishRefused
 from replicator.config import Settings
 from replicator.filters import pairs_for
 from replicator.task import Task
@@ -21,7 +22,7 @@ class TaskSink:
         self.publisher = Publisher(settings.rabbitmq_url, name=name)
 
     def reachable(self) -> bool:
-        """Readiness: RabbitMQ takes our connection (checked at most every few seconds)."""
+        """Readiness: a round-trip to RabbitMQ on the publisher's connection."""
         return self.publisher.reachable()
 
     def in_scope(self, task: Task) -> bool:
@@ -29,22 +30,49 @@ class TaskSink:
         return bool(pairs_for(self.settings, task.bucket, task.key))
 
     def publish(self, task: Task) -> None:
-        """Publish and wait for the broker's confirm; raises PublishFailed."""
-        self.publisher.publish(task.to_json())
-        metrics.TASKS_PUBLISHED.labels(task.origin).inc()
+        """Publish and wait for the broker's confirm; raises PublishFailed.
+
+        The publisher counts it in tasks_published_total.
+        """
+        self.publisher.publish(task.to_json(), origin=task.origin)
         log.info("queued", extra={"bucket": task.bucket, "key": task.key, "origin": task.origin})
 
+    def park(self, body: bytes, reason: str, *, origin: str) -> None:
+        """Put an event that cannot become a task in the dead-letter queue, with the reason.
+
+        Confirmed like a task; raises PublishFailed. `minio-s3-mirror dlq list` shows it.
+        """
+        now = message.now()
+        self.publisher.publish(
+            body,
+            exchange=topology.DLX,
+            routing_key=origin,
+            headers={
+                message.ERROR: f"{origin} event rejected: {reason}"[:1000],
+                message.FIRST_FAILURE: now,
+                message.LAST_FAILURE: now,
+            },
+            content_type="application/octet-stream",
+        )
+        metrics.DEAD_LETTERED.inc()
+        log.warning("parked an unreadable %s event in the dead-letter queue: %s", origin, reason)
+
     def publish_patiently(self, task: Task, stop: threading.Event) -> bool:
-        """Publish, waiting out a RabbitMQ outage (the caller stops reading meanwhile)."""
+        """Publish, waiting out a RabbitMQ outage (the caller stops reading meanwhile).
+
+        The publisher logs the outage once; the retries here stay at debug level.
+        """
         delay = 0.5
         while not stop.is_set():
             try:
                 self.publish(task)
                 return True
+            except PublishRefused as exc:  # e.g. the work queue is full: wait for it to drain
+                log.warning("RabbitMQ refused a task (%s); retrying in %.1fs", exc, delay)
             except PublishFailed as exc:
-                log.warning("cannot publish yet (%s); retrying in %.1fs", exc, delay)
-                stop.wait(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 15)
+                log.debug("cannot publish yet (%s); retrying in %.1fs", exc, delay)
+            stop.wait(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 15)
         return False
 
     def close(self) -> None:

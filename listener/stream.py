@@ -6,6 +6,7 @@ nightly reconcile catches them). Keys arrive as they are (not URL-encoded).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -13,6 +14,7 @@ import threading
 from minio import Minio
 
 from replicator import health
+from replicator.broker import PublishFailed
 from replicator.config import Settings
 from replicator.events import tasks_from_records
 from replicator.task import MalformedTask
@@ -52,7 +54,7 @@ def follow(settings: Settings, sink: TaskSink, bucket: str, stop: threading.Even
                 log.info("listening to bucket %s", bucket)
                 delay = 0.5
                 for event in stream:
-                    for task in _tasks(event):
+                    for task in _tasks(event, sink):
                         if sink.in_scope(task) and not sink.publish_patiently(task, stop):
                             return
                     if stop.is_set():
@@ -63,11 +65,20 @@ def follow(settings: Settings, sink: TaskSink, bucket: str, stop: threading.Even
         delay = min(delay * 2, 30)
 
 
-def _tasks(event: dict) -> list:
+def _tasks(event: object, sink: TaskSink) -> list:
+    """The event's tasks; a malformed event is parked in the dead-letter queue (best effort:
+    the stream has no redelivery, and the nightly reconcile catches what it missed)."""
     try:
-        return list(tasks_from_records(event.get("Records") or [], origin="stream", encoded=False))
+        if not isinstance(event, dict):
+            raise MalformedTask("notification is not a JSON object")
+        records = event.get("Records")
+        return list(tasks_from_records(records or [], origin="stream", encoded=False))
     except MalformedTask as exc:
-        log.warning("ignoring a malformed event: %s", exc)
+        try:
+            body = json.dumps(event, ensure_ascii=False, default=repr).encode(errors="replace")
+            sink.park(body, str(exc), origin="stream")
+        except (PublishFailed, ValueError, RecursionError) as failed:
+            log.warning("dropped a malformed event (%s); parking failed: %s", exc, failed)
         return []
 
 
