@@ -266,8 +266,6 @@ def check(read_only: bool) -> None:
     from . import check as checks
 
     settings = load_settings()
-    if not settings.debug:  # the rabbitmq line reports a failed connect; pika's traceback not
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
     results = checks.run(settings, read_only=read_only)
     click.echo(checks.render(results))
     sys.exit(EXIT_FAILED if any(c.status == "FAIL" for c in results) else 0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,10 +40,6 @@ def _problem(exc: BaseException) -> str:
 @contextlib.contextmanager
 def _connection(settings: Settings) -> Iterator[pika.BlockingConnection]:
     """A connection for one tool run; any RabbitMQ failure becomes RabbitMQUnavailable."""
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        # pika logs each failed connect as ERROR lines with a traceback; the tool says it
-        # in one line instead (MIRROR_DEBUG=true shows pika's own account).
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
     connection = None
     try:
         connection = broker.connect(settings.rabbitmq_url, name="minio-s3-mirror dlq")
