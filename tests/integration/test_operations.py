@@ -109,11 +109,11 @@ def reset_head(stack, dst: str, key: str, fault_proxy) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("fault", "reason"),
-    [(denied_head, "target HEAD failed: 403: Forbidden"), (reset_head, "target HEAD failed: ")],
+    ("fault", "detail"),
+    [(denied_head, "403"), (reset_head, "")],  # a reset has no status
 )
 def test_backfill_counts_a_failed_target_head_and_goes_on(
-    stack, notifying, source_bucket, buckets, procs, fault_proxy, fault, reason
+    stack, notifying, source_bucket, buckets, procs, fault_proxy, fault, detail
 ):
     src, dst = source_bucket(), buckets("target")
     keys = [f"h/{i}.txt" for i in range(6)]
@@ -128,7 +128,8 @@ def test_backfill_counts_a_failed_target_head_and_goes_on(
     (report,) = summary(out)
     assert (report["listed"], report["current"], report["queued"]) == (6, 0, 5), report
     assert report["failed"] == 1 and len(report["failures"]) == 1, report
-    assert report["failures"][0].startswith(f"{bad}: {reason}"), report
+    failure = report["failures"][0]
+    assert failure.startswith(f"{bad}: target HEAD failed: ") and detail in failure, report
     target = stack.target.client()
     bodies = {k: target.get_object(Bucket=dst, Key=k)["Body"].read() for k in keys}
     assert bodies == {k: b"old bytes" if k == bad else b"new bytes" for k in keys}
