@@ -20,6 +20,7 @@ from tests.conftest import CLI, base_env, empty_bucket
 WEBHOOK_TOKEN = "hook-token-for-tests"
 WEBHOOK_ARN = "arn:minio:sqs::mirror:webhook"
 AMQP_ARN = "arn:minio:sqs::mirror:amqp"
+TEST_DELAYS = (1, 2)  # delay tiers of the workers the tests start (MIRROR_RETRY_DELAYS)
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +98,7 @@ def amqp(rabbit) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
     connection = pika.BlockingConnection(pika.URLParameters(rabbit.url))
     channel = connection.channel()
     topology.declare(channel)
+    topology.declare(channel, TEST_DELAYS)
     for queue in queue_names():
         channel.queue_purge(queue)
     yield channel
@@ -105,7 +107,8 @@ def amqp(rabbit) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
 
 
 def queue_names() -> list[str]:
-    tiers = [f"{topology.WORK_QUEUE}.retry.{s}s" for s in topology.RETRY_TIERS_S]
+    delays = (*topology.RETRY_TIERS_S, *TEST_DELAYS)
+    tiers = [f"{topology.WORK_QUEUE}.{topology.retry_route(s)}" for s in delays]
     return [topology.WORK_QUEUE, topology.DEAD_QUEUE, *tiers]
 
 
@@ -170,6 +173,8 @@ def procs(stack, rabbit, notifying, tmp_path) -> Iterator[Callable[..., Proc]]:
             "MINIO_SECRET_KEY": notifying.secret_key,
             "RABBITMQ_URL": rabbit.url,
             "MIRROR_LOG_FORMAT": "json",
+            "MIRROR_DEBUG": "true",  # per-object outcome lines are debug
+            "MIRROR_RETRY_DELAYS": ",".join(map(str, TEST_DELAYS)),
             "WEBHOOK_AUTH_TOKEN": WEBHOOK_TOKEN,
             "METRICS_ADDRESS": f"127.0.0.1:{local_stack.free_port()}",
             **env,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -97,7 +96,7 @@ def pair_env(src: str, dst: str, **extra: str) -> dict[str, str]:
     return {"BUCKET_PAIR": f"minio/{src}:aws/{dst}", **extra}
 
 
-def publish(rabbit, *bodies: bytes) -> None:
+def publish(rabbit, *bodies: bytes, headers: dict | None = None) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(rabbit.url))
     channel = connection.channel()
     channel.confirm_delivery()
@@ -106,7 +105,7 @@ def publish(rabbit, *bodies: bytes) -> None:
             topology.EXCHANGE,
             topology.TASKS,
             body,
-            pika.BasicProperties(delivery_mode=2),
+            pika.BasicProperties(delivery_mode=2, headers=headers),
             mandatory=True,
         )
     connection.close()
@@ -189,45 +188,139 @@ def test_source_deleted_before_its_task_runs_is_acked_as_skipped(
     assert target_keys(stack.target.client(), dst) == set()
 
 
-def test_same_task_ten_times_uploads_once(
+def test_same_task_ten_times_in_two_processes_uploads_once(
     stack, notifying, source_bucket, buckets, procs, amqp, rabbit
 ):
+    """Two worker processes: no in-process key lock hides whether writes are conditional."""
     src, dst = source_bucket(), buckets("target")
     notifying.client().put_object(Bucket=src, Key="dup.txt", Body=b"once")
-    worker = procs("work", **pair_env(src, dst, MIRROR_MAX_WORKERS="4"))
+    workers = [procs("work", **pair_env(src, dst, MIRROR_MAX_WORKERS="4")) for _ in range(2)]
+    local_stack.wait_until(lambda: all(ready(w) for w in workers), 30, "both workers consuming")
 
     publish(rabbit, *[Task(bucket=src, key="dup.txt", origin="backfill").to_json()] * 10)
 
+    def outcomes(what: str) -> list[dict]:
+        return [r for w in workers for r in w.outcomes(what)]
+
     local_stack.wait_until(
-        lambda: len(worker.outcomes("copied")) + len(worker.outcomes("skipped")) == 10,
-        60,
-        "10 outcomes",
+        lambda: len(outcomes("copied")) + len(outcomes("skipped")) == 10, 60, "10 outcomes"
     )
-    assert len(worker.outcomes("copied")) == 1
+    assert len(outcomes("copied")) == 1
+    assert all(w.outcomes("skipped") or w.outcomes("copied") for w in workers)
 
 
-def test_concurrent_overwrites_end_with_the_final_source_content(
+def test_concurrent_overwrites_in_two_processes_end_with_the_final_source_content(
     stack, notifying, source_bucket, buckets, procs, amqp
 ):
     src, dst = source_bucket(AMQP_ARN), buckets("target")
-    worker = procs("work", **pair_env(src, dst, MIRROR_MAX_WORKERS="4"))
+    workers = [procs("work", **pair_env(src, dst, MIRROR_MAX_WORKERS="4")) for _ in range(2)]
+    local_stack.wait_until(lambda: all(ready(w) for w in workers), 30, "both workers consuming")
     client = notifying.client()
+    finals = []
 
-    def overwrite(i: int) -> None:
-        client.put_object(Bucket=src, Key="hot.txt", Body=f"version {i}".encode() * (i + 1))
+    for round_ in range(5):
+        key = f"hot-{round_}.txt"
 
-    with ThreadPoolExecutor(20) as pool:
-        list(pool.map(overwrite, range(20)))
-    final = client.get_object(Bucket=src, Key="hot.txt")["Body"].read()
+        def overwrite(i: int, key=key) -> None:
+            client.put_object(Bucket=src, Key=key, Body=f"version {i}".encode() * (i + 1))
 
-    def settled() -> bool:
-        outcomes = worker.outcomes("copied") + worker.outcomes("skipped")
-        return len(outcomes) >= 20
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(overwrite, range(20)))
+        finals.append((key, client.get_object(Bucket=src, Key=key)["Body"].read()))
 
-    local_stack.wait_until(settled, 120, "20 overwrite tasks handled")
-    got = stack.target.client().get_object(Bucket=dst, Key="hot.txt")["Body"].read()
-    assert got == final
-    assert json.loads("[]") == []
+    def handled() -> int:
+        return sum(len(w.outcomes("copied")) + len(w.outcomes("skipped")) for w in workers)
+
+    local_stack.wait_until(lambda: handled() >= 100, 180, "100 overwrite tasks handled")
+    for key, final in finals:
+        got = stack.target.client().get_object(Bucket=dst, Key=key)["Body"].read()
+        assert got == final, key
+    assert sum(len(w.outcomes("copied")) for w in workers) >= 5
+
+
+def ready(proc) -> bool:
+    """The worker says it is consuming (its log line), so both share the deliveries."""
+    return any("consuming" in r.get("message", "") for r in proc.records())
+
+
+GARBAGE_HEADERS = [
+    {"x-mirror-attempt": "two"},
+    {"x-mirror-attempt": -1},
+    {"x-mirror-attempt": 10**12},
+    {"x-mirror-attempt": b"\xff"},
+    {"x-mirror-attempt": [1, 2]},
+    {"x-mirror-attempt": {"a": 1}},
+    {"x-mirror-attempt": True},
+]
+GARBAGE_BODIES = [
+    b"",
+    b"\xff\xfe\x00garbage",
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"v": 1, "bucket": "b", "key": ""}',
+    b'{"v": 1, "bucket": "b", "key": 5}',
+    b'{"v": 1, "bucket": ["b"], "key": "k"}',
+    b'{"v": 1, "bucket": "b", "key": "k", "size": -3}',
+    b'{"v": "1", "bucket": "b", "key": "k"}',
+    b'{"Records": 7}',
+    b'{"Records": [{"eventName": ["s3:ObjectCreated:Put"], "s3": 1}]}',
+    b"null",
+    b"123",
+]
+
+
+def test_garbage_headers_and_bodies_are_dead_lettered_and_good_tasks_land(
+    stack, notifying, source_bucket, buckets, procs, amqp, rabbit
+):
+    src, dst = source_bucket(), buckets("target")
+    source = notifying.client()
+    worker = procs("work", **pair_env(src, dst, MIRROR_MAX_WORKERS="4"))
+    good = [f"good-{i}.txt" for i in range(10)]
+    for key in good:
+        source.put_object(Bucket=src, Key=key, Body=key.encode())
+
+    for headers in GARBAGE_HEADERS:
+        publish(rabbit, Task(bucket=src, key="good-0.txt", origin="backfill").to_json(),
+                headers=headers)  # fmt: skip
+    publish(rabbit, *GARBAGE_BODIES)
+    publish(rabbit, *[Task(bucket=src, key=key, origin="backfill").to_json() for key in good])
+
+    wait_for_keys(stack.target.client(), dst, set(good), timeout=60)
+    expected = len(GARBAGE_HEADERS) + len(GARBAGE_BODIES)
+    local_stack.wait_until(
+        lambda: len(dead_letters(rabbit)) >= expected, 60, f"{expected} dead letters"
+    )
+    parked = dead_letters(rabbit)
+    assert len(parked) == expected
+    reasons = [h["x-mirror-error"] for h, _ in parked]
+    assert all(r.startswith("malformed task") for r in reasons), reasons
+    assert sum("x-mirror-attempt" in r for r in reasons) == len(GARBAGE_HEADERS)
+    assert worker.popen.poll() is None  # still running
+    assert not any("Traceback" in r.get("message", "") for r in worker.records())
+
+
+def test_a_metadata_only_change_replicates_through_the_event_path(
+    stack, notifying, source_bucket, buckets, procs, amqp
+):
+    src, dst = source_bucket(AMQP_ARN), buckets("target")
+    procs("work", **pair_env(src, dst))
+    source, target = notifying.client(), stack.target.client()
+    source.put_object(Bucket=src, Key="doc", Body=b"same", ContentType="a/b", Metadata={"v": "1"})
+    wait_for_keys(target, dst, {"doc"}, timeout=60)
+
+    source.copy_object(
+        Bucket=src,
+        Key="doc",
+        CopySource={"Bucket": src, "Key": "doc"},
+        MetadataDirective="REPLACE",
+        ContentType="c/d",
+        Metadata={"v": "2"},
+    )
+
+    def replaced() -> bool:
+        head = target.head_object(Bucket=dst, Key="doc")
+        return head["ContentType"] == "c/d" and head["Metadata"].get("v") == "2"
+
+    local_stack.wait_until(replaced, 60, "the new metadata on the target")
 
 
 def test_stream_mode_replicates_hard_keys_and_metadata(
