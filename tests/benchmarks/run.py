@@ -1,21 +1,36 @@
-"""`make bench`: performance as ratios against `mc mirror`, measured in one run.
+"""`make bench`: performance as ratios against `mc`, measured side by side in one run.
 
 Usage: run.py [scenario ...]   (default: all). Prints a Markdown table for the README.
 The machine is shared and noisy, so each side runs several times, interleaved, and the
-ratio of medians is reported; absolute times are printed only as context.
+ratio of medians is reported; absolute times are printed only as context. CPU time per
+object (client process, each MinIO server, RabbitMQ) is read from the kernel's process
+accounting: it is steadier than wall time on a shared machine.
+
+Clocks: `mc` is timed from exec to exit (it has no start-up to speak of). The worker is
+started with its tasks already queued and timed from the moment its /readyz answers 200
+(it is connected and consuming: interpreter start-up and connection are not counted) to
+the moment its own /metrics count every object as copied or skipped; its CPU time is
+measured over the same window. S3 request counts come from MinIO's v3 metrics and cover
+the whole run (start-up probes included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +40,19 @@ from stack import BIN, Stack, free_port  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("minio-s3-mirror"))
 ROUNDS = 3
+S1_THREADS = (16, 8)  # MIRROR_MAX_WORKERS tried for the one worker process
+S2_THREADS = 16
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+BIG = 6 * GiB
+BIG_FREE = 20 * GiB  # free disk needed for the 6 GiB case (source + two copies)
+TIMEOUT_S = 900.0
+S1_COUNT = 5000
+S2_SIZE = 256 * MiB
 Row = tuple[str, str, str, str]
+
+
+# ---- the stack ---------------------------------------------------------------------
 
 
 def fill(stack: Stack, bucket: str, count: int, size: int) -> None:
@@ -41,10 +68,14 @@ def fill(stack: Stack, bucket: str, count: int, size: int) -> None:
         )
 
 
-def timed(run: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
+def drop(server, bucket: str) -> None:
+    """Delete a bucket and everything in it (frees the disk between large runs)."""
+    client = server.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    client.delete_bucket(Bucket=bucket)
 
 
 def env_for(stack: Stack, **extra: str) -> dict[str, str]:
@@ -58,58 +89,60 @@ def env_for(stack: Stack, **extra: str) -> dict[str, str]:
     }
 
 
-def mc_mirror(stack: Stack, src: str, dst: str) -> None:
+def mc_env(stack: Stack) -> dict[str, str]:
     env = env_for(stack)
-    env["MC_HOST_minio"] = stack.source.url.replace(
-        "://", f"://{stack.source.access_key}:{stack.source.secret_key}@"
-    )
-    env["MC_HOST_aws"] = stack.target.url.replace(
-        "://", f"://{stack.target.access_key}:{stack.target.secret_key}@"
-    )
-    subprocess.run(
-        [str(BIN / "mc"), "mirror", "--json", f"minio/{src}", f"aws/{dst}"],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    for alias, server in (("minio", stack.source), ("aws", stack.target)):
+        env[f"MC_HOST_{alias}"] = server.url.replace(
+            "://", f"://{server.access_key}:{server.secret_key}@"
+        )
+    return env
 
 
-def reconcile(stack: Stack, src: str, dst: str) -> None:
-    env = env_for(stack, BUCKET_PAIR=f"minio/{src}:aws/{dst}")
-    subprocess.run(
-        [CLI, "reconcile"],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def target_count(stack: Stack, bucket: str) -> int:
+    pages = stack.target.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return sum(page.get("KeyCount", 0) for page in pages)
 
 
-def bench_reconcile(stack: Stack) -> list[Row]:
-    """Reconcile of 2,000 small objects to an empty bucket against bare `mc mirror`."""
-    fill(stack, "bench-small", 2000, 1024)
-    ours, theirs, requests = [], [], {}
-    target = stack.target.client()
-    for i in range(ROUNDS):
-        for side, run, times in (("mc", mc_mirror, theirs), ("ours", reconcile, ours)):
-            dst = f"bench-{side}-{i}"
-            target.create_bucket(Bucket=dst)
-            before = s3_requests(stack)
-            times.append(timed(lambda run=run, dst=dst: run(stack, "bench-small", dst)))
-            requests.setdefault(side, spent(before, s3_requests(stack)))
-    before = s3_requests(stack)
-    reconcile(stack, "bench-small", "bench-ours-0")  # again: nothing to copy
-    requests["ours, nothing to copy"] = spent(before, s3_requests(stack))
-    ratio = statistics.median(ours) / statistics.median(theirs)
-    context = (
-        f"median of {ROUNDS}: ours {statistics.median(ours):.2f}s, "
-        f"mc {statistics.median(theirs):.2f}s (includes our verify pass)"
-    )
-    timing = ("reconcile, 2,000 × 1 KiB, empty target", "time ours / mc mirror", f"{ratio:.2f}×")
-    return [(*timing, context)] + [
-        (f"reconcile, 2,000 × 1 KiB: {side}", "S3 requests in the run", counts, "reported")
-        for side, counts in requests.items()
-    ]
+def until(predicate: Callable[[], bool], poll: float = 0.2, timeout: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"benchmark step did not finish within {timeout:.0f}s")
+        time.sleep(poll)
+
+
+# ---- measuring ---------------------------------------------------------------------
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of a process: all its threads, plus children it has reaped."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (RabbitMQ's script + Erlang VM)."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += cpu_s(process.pid)
+    return total
+
+
+def servers_cpu(stack: Stack) -> dict[str, float]:
+    assert stack.source.proc and stack.target.proc
+    cpu = {
+        "source MinIO": cpu_s(stack.source.proc.pid),
+        "target MinIO": cpu_s(stack.target.proc.pid),
+    }
+    if stack.rabbit and stack.rabbit.proc:
+        cpu["RabbitMQ"] = tree_cpu_s(stack.rabbit.proc.pid)
+    return cpu
 
 
 def s3_requests(stack: Stack) -> dict[str, float]:
@@ -128,133 +161,365 @@ def s3_requests(stack: Stack) -> dict[str, float]:
     return counts
 
 
+def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: n - before.get(name, 0) for name, n in sorted(after.items())}
+
+
 def spent(before: dict[str, float], after: dict[str, float]) -> str:
     """The requests between two readings, e.g. "source GetObject 2000, target PutObject 2000"."""
-    delta = {name: n - before.get(name, 0) for name, n in sorted(after.items())}
-    return ", ".join(f"{name} {n:.0f}" for name, n in delta.items() if n)
+    return ", ".join(f"{name} {n:.0f}" for name, n in delta(before, after).items() if n)
 
 
-def target_count(stack: Stack, bucket: str) -> int:
-    pages = stack.target.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return sum(page.get("KeyCount", 0) for page in pages)
+@dataclass
+class Run:
+    """One measured run of one client."""
+
+    seconds: float
+    client_cpu: float  # CPU seconds of the client process over the timed window
+    servers: dict[str, float]  # CPU seconds of each server over the same window
+    requests: dict[str, float]  # S3 requests served during the run, by side and API
+    peak_rss: int = 0  # bytes, the client process's VmHWM (0: not measured)
+    extra: dict[str, float] = field(default_factory=dict)
 
 
-def worker(stack: Stack, src: str, dst: str, log: Path, **extra: str) -> subprocess.Popen:
-    env = env_for(
-        stack,
-        BUCKET_PAIR=f"minio/{src}:aws/{dst}",
-        MIRROR_LOG_FORMAT="json",
-        **{"MIRROR_MAX_WORKERS": "8", **extra},
+def hwm(pid: int) -> int:
+    """Peak RSS of a live process in bytes (VmHWM: its own address space since exec).
+
+    Not wait4's ru_maxrss: that keeps the high-water mark of the parent that forked
+    the child (vfork + exec), i.e. this benchmark's own memory.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_child(argv: list[str], env: dict[str, str], stack: Stack) -> Run:
+    """Run a command to its exit: wall time, its CPU (wait4) and peak RSS, servers' CPU."""
+    requests = s3_requests(stack)
+    servers = servers_cpu(stack)
+    errors = stack.root / "child.err"
+    peak, exited = [0], threading.Event()
+    start = time.perf_counter()
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+        def sample() -> None:  # the high-water mark only grows: the last reading counts
+            while not exited.wait(0.02):
+                peak[0] = max(peak[0], hwm(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    exited.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        tail = errors.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{' '.join(argv[:2])} exited {proc.returncode}: {tail}")
+    return Run(
+        seconds,
+        usage.ru_utime + usage.ru_stime,
+        delta(servers, servers_cpu(stack)),
+        delta(requests, s3_requests(stack)),
+        peak[0],
     )
-    with open(log, "wb") as out:
-        return subprocess.Popen([CLI, "work"], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(60)
+def mc(stack: Stack, *args: str) -> Run:
+    return run_child([str(BIN / "mc"), *args], mc_env(stack), stack)
 
 
-def until(predicate: Callable[[], bool], poll: float = 0.2) -> None:
-    while not predicate():
-        time.sleep(poll)
+class Worker:
+    """One `minio-s3-mirror work` process, its readiness and its own counters."""
+
+    def __init__(self, stack: Stack, src: str, dst: str, log: Path, **extra: str) -> None:
+        env = env_for(
+            stack,
+            BUCKET_PAIR=f"minio/{src}:aws/{dst}",
+            MIRROR_LOG_FORMAT="json",
+            **{"MIRROR_MAX_WORKERS": "8", **extra},
+        )
+        self.address = env["METRICS_ADDRESS"]
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [CLI, "work"], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def _get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""
+
+    def ready(self) -> None:
+        """Return the moment /readyz answers 200 (connected and consuming)."""
+        deadline = time.monotonic() + 120
+        while self._get("/readyz")[0] != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker never became ready: {self.log.read_text()[-2000:]}")
+            time.sleep(0.005)
+
+    def finished(self) -> float:
+        """Tasks this process has finished (copied or nothing to do); raises on failures."""
+        _, text = self._get("/metrics")
+        done = failed = 0.0
+        for line in text.splitlines():
+            match = re.match(r"minio_s3_mirror_(\w+?)_total(?:\{[^}]*\})? (\S+)$", line)
+            if not match:
+                continue
+            if match[1] in ("objects_replicated", "objects_skipped"):
+                done += float(match[2])
+            elif match[1] in ("dead_lettered", "retries"):
+                failed += float(match[2])
+        if failed:
+            raise RuntimeError(f"worker failed tasks: {self.log.read_text()[-2000:]}")
+        return done
+
+    def wait_for(self, total: float) -> None:
+        until(lambda: self.finished() >= total, poll=0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, wait, and return the process's peak RSS in bytes (read before the end)."""
+        peak = hwm(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait(60)
+        return peak
+
+
+def publish(stack: Stack, bucket: str, keys: list[str]) -> None:
+    from replicator.broker import Publisher
+    from replicator.task import Task
+
+    publisher = Publisher(stack.rabbit.url, name="bench")
+    try:
+        for key in keys:
+            publisher.publish(Task(bucket=bucket, key=key, origin="backfill").to_json())
+    finally:
+        publisher.close()
+
+
+def worker_run(stack: Stack, src: str, dst: str, keys: list[str], threads: int) -> Run:
+    """Queue the tasks, start one worker, time it from /readyz to its last task."""
+    publish(stack, src, keys)
+    requests = s3_requests(stack)
+    work = Worker(stack, src, dst, stack.root / f"{dst}.log", MIRROR_MAX_WORKERS=str(threads))
+    try:
+        work.ready()
+        start = time.perf_counter()
+        client, servers = cpu_s(work.proc.pid), servers_cpu(stack)
+        work.wait_for(len(keys))
+        seconds = time.perf_counter() - start
+        client = cpu_s(work.proc.pid) - client
+        servers = delta(servers, servers_cpu(stack))
+    finally:
+        peak = work.stop()
+    return Run(seconds, client, servers, delta(requests, s3_requests(stack)), peak)
+
+
+# ---- reporting ---------------------------------------------------------------------
+
+
+def median(runs: list[Run], value: Callable[[Run], float]) -> float:
+    return statistics.median(value(run) for run in runs)
+
+
+def cpu_ms(runs: list[Run], count: int, client: str, digits: int = 2) -> str:
+    """Median CPU-ms per object of the client and each server, e.g. "worker 0.61, ..."."""
+    parts = [f"{client} {median(runs, lambda r: r.client_cpu) * 1000 / count:.{digits}f}"]
+    for name in runs[0].servers:
+        ms = median(runs, lambda r, n=name: r.servers[n]) * 1000 / count
+        parts.append(f"{name} {ms:.{digits}f}")
+    return ", ".join(parts)
+
+
+def per_object(requests: dict[str, float], count: int) -> str:
+    """Requests per object; the ones that are not per object as plain counts."""
+    each = [f"{name} {n / count:.2f}" for name, n in requests.items() if n / count >= 0.05]
+    fixed = [f"{name} {n:.0f}" for name, n in requests.items() if 0 < n / count < 0.05]
+    return ", ".join(each) + (f" (+ in all: {', '.join(fixed)})" if fixed else "")
+
+
+def rounds_s(runs: list[Run]) -> str:
+    return "/".join(f"{run.seconds:.2f}" for run in runs) + " s"
+
+
+# ---- scenarios ---------------------------------------------------------------------
 
 
 def bench_small(stack: Stack) -> list[Row]:
-    """S1: 5,000 x 4 KiB already queued; workers start; until the last is on the target."""
-    count = 5000
+    """S1: 5,000 x 4 KiB queued, one worker process, against `mc mirror`; then a replay
+    of the same tasks when the target is already current."""
+    count = S1_COUNT
+    keys = [f"o/{i:06d}" for i in range(count)]
     fill(stack, "bench-s1", count, 4096)
     target = stack.target.client()
-    target.create_bucket(Bucket="bench-s1-mc")
-    mc_s = timed(lambda: mc_mirror(stack, "bench-s1", "bench-s1-mc"))
-    return [small_run(stack, count, mc_s, processes) for processes in (1, 2)]
-
-
-def small_run(stack: Stack, count: int, mc_s: float, processes: int) -> Row:
-    from replicator.broker import Publisher
-    from replicator.task import Task
-
-    dst = f"bench-s1-ours-{processes}"
-    stack.target.client().create_bucket(Bucket=dst)
-    publisher = Publisher(stack.rabbit.url, name="bench")
-    for i in range(count):
-        publisher.publish(Task(bucket="bench-s1", key=f"o/{i:06d}", origin="backfill").to_json())
-    publisher.close()
-    start = time.perf_counter()
-    procs = [
-        worker(stack, "bench-s1", dst, stack.root / f"s1-{processes}-{n}.log")
-        for n in range(processes)
+    mcs: list[Run] = []
+    ours: dict[int, list[Run]] = {threads: [] for threads in S1_THREADS}
+    replay: dict[int, list[Run]] = {threads: [] for threads in S1_THREADS}
+    for i in range(ROUNDS):  # interleaved: mc, ours × each setting, mc, ...
+        target.create_bucket(Bucket=f"bench-s1-mc-{i}")
+        mcs.append(mc(stack, "mirror", "--json", "minio/bench-s1", f"aws/bench-s1-mc-{i}"))
+        for threads in S1_THREADS:
+            dst = f"bench-s1-w{threads}-{i}"
+            target.create_bucket(Bucket=dst)
+            ours[threads].append(worker_run(stack, "bench-s1", dst, keys, threads))
+            if target_count(stack, dst) != count:
+                raise RuntimeError(f"{dst}: {target_count(stack, dst)} objects, not {count}")
+            replay[threads].append(worker_run(stack, "bench-s1", dst, keys, threads))
+    mc_s = median(mcs, lambda r: r.seconds)
+    name = "S1: 5,000 × 4 KiB"
+    rows: list[Row] = [
+        (
+            f"{name}, `mc mirror`",
+            "objects/s; CPU-ms per object",
+            f"{count / mc_s:.0f}/s",
+            f"median of {ROUNDS} ({rounds_s(mcs)}); CPU-ms/object: {cpu_ms(mcs, count, 'mc')}",
+        ),
+        (
+            f"{name}, `mc mirror`",
+            "S3 requests per object",
+            per_object(mcs[0].requests, count),
+            "round 1",
+        ),
     ]
-    until(lambda: target_count(stack, dst) >= count, poll=0.5)
-    ours_s = time.perf_counter() - start
-    cpu = sum(cpu_share(proc, ours_s) for proc in procs)
-    for proc in procs:
-        stop(proc)
-    return (
-        f"S1: 5,000 × 4 KiB queued, {processes} worker process(es) × 8 threads",
-        "objects/s, ours / mc mirror",
-        f"{mc_s / ours_s:.2f}×",
-        f"ours {count / ours_s:.0f}/s (incl. worker start), mc {count / mc_s:.0f}/s; "
-        f"workers used {cpu:.0%} of one core; target ≥ 1.0×",
-    )
+    for threads in S1_THREADS:
+        runs, again = ours[threads], replay[threads]
+        ours_s = median(runs, lambda r: r.seconds)
+        setting = f"1 worker process, MIRROR_MAX_WORKERS={threads}"
+        rows += [
+            (
+                f"{name} queued, {setting}",
+                "objects/s, ours / `mc mirror`",
+                f"**{mc_s / ours_s:.2f}×**",
+                f"ours {count / ours_s:.0f}/s vs mc {count / mc_s:.0f}/s, medians of "
+                f"{ROUNDS} interleaved (ours {rounds_s(runs)}); target ≥ 1.2×",
+            ),
+            (
+                f"{name} queued, {setting}",
+                "CPU-ms per new object",
+                cpu_ms(runs, count, "worker"),
+                "medians; target: worker ≤ 0.8",
+            ),
+            (
+                f"{name} queued, {setting}",
+                "S3 requests per new object",
+                per_object(runs[0].requests, count),
+                "round 1",
+            ),
+            (
+                f"{name} replayed, target current, {setting}",
+                "objects/s; CPU-ms per object",
+                f"{count / median(again, lambda r: r.seconds):.0f}/s",
+                f"median of {ROUNDS}; CPU-ms/object: {cpu_ms(again, count, 'worker')}",
+            ),
+            (
+                f"{name} replayed, target current, {setting}",
+                "S3 requests per object",
+                per_object(again[0].requests, count),
+                "round 1",
+            ),
+        ]
+    return rows
 
 
-def cpu_share(proc: subprocess.Popen, wall_s: float) -> float:
-    import psutil
+class Pattern(io.RawIOBase):
+    """`size` bytes of a repeated random block, produced as read (never all in memory)."""
 
-    times = psutil.Process(proc.pid).cpu_times()
-    return (times.user + times.system) / wall_s
+    def __init__(self, size: int) -> None:
+        self.size, self.pos, self.block = size, 0, os.urandom(16 * MiB + 4099)
 
+    def readable(self) -> bool:
+        return True
 
-def peak_rss(proc: subprocess.Popen, done: Callable[[], bool]) -> int:
-    import psutil
-
-    process, peak = psutil.Process(proc.pid), 0
-    while not done():
-        peak = max(peak, process.memory_info().rss)
-        time.sleep(0.1)
-    return peak
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.size - self.pos)
+        view, done = memoryview(buffer), 0
+        while done < n:
+            offset = (self.pos + done) % len(self.block)
+            take = min(n - done, len(self.block) - offset)
+            view[done : done + take] = self.block[offset : offset + take]
+            done += take
+        self.pos += n
+        return n
 
 
 def bench_large(stack: Stack) -> list[Row]:
-    """S2: 4 x 256 MiB, MB/s against mc mirror; worker peak RSS copying a 1 GiB object."""
-    from replicator.broker import Publisher
-    from replicator.task import Task
-
-    size, count = 256 * 1024 * 1024, 4
+    """S2: 4 x 256 MiB against `mc mirror`, and one 6 GiB object against `mc cp` with
+    the worker's peak RSS."""
+    size, count = S2_SIZE, 4
+    keys = [f"o/{i:06d}" for i in range(count)]
     fill(stack, "bench-s2", count, size)
     target = stack.target.client()
-    target.create_bucket(Bucket="bench-s2-mc")
-    mc_s = timed(lambda: mc_mirror(stack, "bench-s2", "bench-s2-mc"))
-    target.create_bucket(Bucket="bench-s2-ours")
-    proc = worker(stack, "bench-s2", "bench-s2-ours", stack.root / "s2.log", MIRROR_MAX_WORKERS="4")
-    time.sleep(2)  # let the worker connect: the timing is of the copies, not the start
-    publisher = Publisher(stack.rabbit.url, name="bench")
-    start = time.perf_counter()
-    for i in range(count):
-        publisher.publish(Task(bucket="bench-s2", key=f"o/{i:06d}", origin="backfill").to_json())
-    until(lambda: target_count(stack, "bench-s2-ours") >= count)
-    ours_s = time.perf_counter() - start
-
-    source = stack.source.client()
-    source.upload_fileobj(io.BytesIO(os.urandom(1024 * 1024 * 1024)), "bench-s2", "one-gib")
-    publisher.publish(Task(bucket="bench-s2", key="one-gib", origin="backfill").to_json())
-    publisher.close()
-    peak = peak_rss(proc, lambda: target_count(stack, "bench-s2-ours") > count)
-    stop(proc)
     mb = size * count / 1e6
-    return [
+    mcs: list[Run] = []
+    ours: list[Run] = []
+    for i in range(ROUNDS):
+        target.create_bucket(Bucket=f"bench-s2-mc-{i}")
+        mcs.append(mc(stack, "mirror", "--json", "minio/bench-s2", f"aws/bench-s2-mc-{i}"))
+        drop(stack.target, f"bench-s2-mc-{i}")
+        target.create_bucket(Bucket=f"bench-s2-ours-{i}")
+        ours.append(worker_run(stack, "bench-s2", f"bench-s2-ours-{i}", keys, S2_THREADS))
+        drop(stack.target, f"bench-s2-ours-{i}")
+    mc_s, ours_s = median(mcs, lambda r: r.seconds), median(ours, lambda r: r.seconds)
+    setting = f"1 worker process, MIRROR_MAX_WORKERS={S2_THREADS}"
+    rows: list[Row] = [
         (
-            "S2: 4 × 256 MiB",
-            "MB/s, ours / mc mirror",
-            f"{mc_s / ours_s:.2f}×",
-            f"ours {mb / ours_s:.0f} MB/s, mc {mb / mc_s:.0f} MB/s; target ≥ 0.9×",
+            f"S2: 4 × 256 MiB, {setting}",
+            "MB/s, ours / `mc mirror`",
+            f"**{mc_s / ours_s:.2f}×**",
+            f"ours {mb / ours_s:.0f} MB/s vs mc {mb / mc_s:.0f} MB/s, medians of {ROUNDS} "
+            f"interleaved (ours {rounds_s(ours)}, mc {rounds_s(mcs)}); target ≥ 1.0×",
         ),
         (
-            "S2: worker copying a 1 GiB object",
-            "peak RSS",
-            f"{peak / 2**20:.0f} MiB",
-            "4 copy threads, 8 MiB parts; target ≤ 150 MiB",
+            "S2: 4 × 256 MiB",
+            "CPU-ms per MB",
+            f"{cpu_ms(ours, int(mb), 'worker')}; {cpu_ms(mcs, int(mb), 'mc')}",
+            "medians",
+        ),
+    ]
+    free = shutil.disk_usage(stack.root).free
+    if free < BIG_FREE:
+        reason = f"skipped: {free / GiB:.1f} GiB free under {stack.root}, needs 20 GiB"
+        return [*rows, ("S2: one 6 GiB object", "MB/s, ours / `mc cp`", "n/a", reason)]
+    source = stack.source.client()
+    from boto3.s3.transfer import TransferConfig
+
+    source.upload_fileobj(
+        Pattern(BIG),
+        "bench-s2",
+        "six-gib",
+        Config=TransferConfig(multipart_chunksize=64 * MiB, max_concurrency=4),
+    )
+    target.create_bucket(Bucket="bench-s2-cp")
+    theirs = mc(stack, "cp", "--json", "minio/bench-s2/six-gib", "aws/bench-s2-cp/six-gib")
+    drop(stack.target, "bench-s2-cp")
+    target.create_bucket(Bucket="bench-s2-big")
+    mine = worker_run(stack, "bench-s2", "bench-s2-big", ["six-gib"], S2_THREADS)
+    drop(stack.target, "bench-s2-big")
+    source.delete_object(Bucket="bench-s2", Key="six-gib")
+    big_mb = BIG / 1e6
+    return [
+        *rows,
+        (
+            f"S2: one 6 GiB object, {setting}",
+            "MB/s, ours / `mc cp`",
+            f"**{theirs.seconds / mine.seconds:.2f}×**",
+            f"ours {big_mb / mine.seconds:.0f} MB/s vs mc cp {big_mb / theirs.seconds:.0f} MB/s "
+            f"(one run each); CPU-ms/MB: {cpu_ms([mine], int(big_mb), 'worker')}, "
+            f"mc {theirs.client_cpu * 1000 / big_mb:.2f}; target ≥ 1.0×",
+        ),
+        (
+            "S2: one 6 GiB object",
+            "peak RSS, worker / `mc cp`",
+            f"**{mine.peak_rss / MiB:.0f} MiB** / {theirs.peak_rss / MiB:.0f} MiB",
+            "VmHWM of each process; target (worker) ≤ 150 MiB",
         ),
     ]
 
@@ -310,27 +575,30 @@ def latency_run(stack: Stack, queue_dir: bool) -> Row:
         }
         log = stack.root / f"s3-worker-{queue_dir}.log"
         dst = f"bench-s3-{queue_dir}".lower()
-        work = worker(stack, "bench-s3", dst, log, **extra)
+        # Per-object lines (with latency_s) are debug-level: this scenario reads them.
+        work = Worker(stack, "bench-s3", dst, log, MIRROR_DEBUG="true", **extra)
         env = env_for(stack, BUCKET_PAIR=f"minio/bench-s3:aws/{dst}", **extra)
         with open(stack.root / "s3-listener.log", "wb") as out:
             listen = subprocess.Popen(
                 [CLI, "listen", "--mode", "webhook"], env=env, stdout=out, stderr=subprocess.STDOUT
             )
-        time.sleep(3)  # both processes up before the clock starts
+        work.ready()
+        time.sleep(3)  # the listener up too before the clock starts
         rate, seconds, body = 50, 60, os.urandom(4096)
         start = time.perf_counter()
         for i in range(rate * seconds):
             client.put_object(Bucket="bench-s3", Key=f"o/{i:06d}", Body=body)
             time.sleep(max(0.0, start + (i + 1) / rate - time.perf_counter()))
         until(lambda: target_count(stack, dst) >= rate * seconds, poll=0.5)
-        stop(listen)
-        stop(work)
+        listen.terminate()
+        listen.wait(60)
+        work.stop()
     finally:
         source.stop()
     latencies = sorted(
         record["latency_s"]
         for record in map(json.loads, log.read_text().splitlines())
-        if record.get("outcome") == "copied"
+        if record.get("outcome") == "copied" and "latency_s" in record
     )
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[int(len(latencies) * 0.99)]
@@ -339,50 +607,77 @@ def latency_run(stack: Stack, queue_dir: bool) -> Row:
         f"S3: 50 PUT/s × 60 s, webhook {how} → worker",
         "event → verified copy p50 / p99",
         f"{p50:.2f} s / {p99:.2f} s",
-        f"{len(latencies)} copies; target p99 ≤ 1 s",
+        f"{len(latencies)} copies; MIRROR_DEBUG=true for the per-object lines; target p99 ≤ 1 s",
     )
 
 
 def bench_backfill_listing(stack: Stack) -> list[Row]:
-    """Backfill listing of 100,000 keys (dry run): peak RSS and keys/s against mc ls."""
+    """Backfill listing of 100,000 keys (dry run): keys/s against mc ls, CPU, peak RSS."""
     count = 100_000
     fill(stack, "bench-bf", count, 0)
     stack.target.client().create_bucket(Bucket="bench-bf-target")
-    env = env_for(stack)
-    env["MC_HOST_minio"] = stack.source.url.replace(
-        "://", f"://{stack.source.access_key}:{stack.source.secret_key}@"
-    )
-    mc_s = timed(
-        lambda: subprocess.run(
-            [str(BIN / "mc"), "ls", "--recursive", "minio/bench-bf"],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-    )
+    theirs = mc(stack, "ls", "--recursive", "minio/bench-bf")
     env = env_for(stack, BUCKET_PAIR="minio/bench-bf:aws/bench-bf-target")
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [CLI, "backfill", "--prefix", "o", "--dry-run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    peak = peak_rss(proc, lambda: proc.poll() is not None)
-    ours_s = time.perf_counter() - start
+    mine = run_child([CLI, "backfill", "--prefix", "o", "--dry-run"], env, stack)
     return [
         (
             "backfill --dry-run listing 100,000 keys",
             "keys/s, ours / `mc ls --recursive`",
-            f"{mc_s / ours_s:.2f}×",
-            f"ours {count / ours_s:.0f}/s, mc ls {count / mc_s:.0f}/s",
+            f"{theirs.seconds / mine.seconds:.2f}×",
+            f"ours {count / mine.seconds:.0f}/s (both sides listed, process start included), "
+            f"mc ls {count / theirs.seconds:.0f}/s (one side)",
+        ),
+        (
+            "backfill listing 100,000 keys",
+            "CPU-ms per key",
+            f"{cpu_ms([mine], count, 'ours', 3)}; mc ls {theirs.client_cpu * 1000 / count:.3f}",
+            "ours includes interpreter start-up",
         ),
         (
             "backfill listing 100,000 keys",
             "peak RSS",
-            f"{peak / 2**20:.0f} MiB",
+            f"{mine.peak_rss / MiB:.0f} MiB",
             "target ≤ 100 MiB",
         ),
+    ]
+
+
+def reconcile(stack: Stack, src: str, dst: str) -> Run:
+    env = env_for(stack, BUCKET_PAIR=f"minio/{src}:aws/{dst}")
+    return run_child([CLI, "reconcile"], env, stack)
+
+
+def bench_reconcile(stack: Stack) -> list[Row]:
+    """Reconcile of 2,000 small objects to an empty bucket against bare `mc mirror`."""
+    fill(stack, "bench-small", 2000, 1024)
+    ours: list[Run] = []
+    theirs: list[Run] = []
+    target = stack.target.client()
+    for i in range(ROUNDS):
+        target.create_bucket(Bucket=f"bench-mc-{i}")
+        theirs.append(mc(stack, "mirror", "--json", "minio/bench-small", f"aws/bench-mc-{i}"))
+        target.create_bucket(Bucket=f"bench-ours-{i}")
+        ours.append(reconcile(stack, "bench-small", f"bench-ours-{i}"))
+    again = reconcile(stack, "bench-small", "bench-ours-0")  # nothing to copy
+    requests = {
+        "mc": theirs[0].requests,
+        "ours": ours[0].requests,
+        "ours, nothing to copy": again.requests,
+    }
+    ratio = median(ours, lambda r: r.seconds) / median(theirs, lambda r: r.seconds)
+    context = (
+        f"median of {ROUNDS}: ours {median(ours, lambda r: r.seconds):.2f}s, "
+        f"mc {median(theirs, lambda r: r.seconds):.2f}s (includes our verify pass)"
+    )
+    timing = ("reconcile, 2,000 × 1 KiB, empty target", "time ours / mc mirror", f"{ratio:.2f}×")
+    return [(*timing, context)] + [
+        (
+            f"reconcile, 2,000 × 1 KiB: {side}",
+            "S3 requests in the run",
+            ", ".join(f"{name} {n:.0f}" for name, n in counts.items() if n),
+            "reported",
+        )
+        for side, counts in requests.items()
     ]
 
 
@@ -404,13 +699,16 @@ def main(names: list[str]) -> None:
     for server in (stack.source, stack.target):  # request counts from MinIO's own metrics
         server.extra_env["MINIO_PROMETHEUS_AUTH_TYPE"] = "public"
     stack.start()
+    rows: list[Row] = []
     try:
-        rows = [row for name in chosen for row in SCENARIOS[name](stack)]
+        for name in chosen:
+            rows += SCENARIOS[name](stack)
+            print(f"[bench] {name} done", file=sys.stderr, flush=True)
     finally:
         stack.stop()
-    print("| benchmark | measure | result | context |\n|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+        print("| benchmark | measure | result | context |\n|---|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
