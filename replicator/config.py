@@ -384,6 +384,13 @@ def parse_region(name: str, value: str) -> str:
     return value
 
 
+def parse_access_key(name: str, value: str) -> str:
+    # It travels in the Authorization header (latin-1) and in mc's MC_HOST_ URL.
+    if not re.fullmatch(r"[!-~]+", value):
+        raise ConfigError(name, value, "an access key of printable ASCII characters")
+    return value
+
+
 def parse_token(name: str, value: str) -> str:
     if not re.fullmatch(r"[!-~]+", value):
         raise ConfigError(name, value, "a token of printable ASCII characters without spaces")
@@ -429,7 +436,9 @@ def _endpoint(reader: _Reader, prefix: str, example: str) -> Endpoint:
     url = parse_url(f"{prefix}_URL", reader.required(f"{prefix}_URL", f"a URL like {example}"))
     return Endpoint(
         url=url,
-        access_key=reader.required(f"{prefix}_ACCESS_KEY", "the access key"),
+        access_key=parse_access_key(
+            f"{prefix}_ACCESS_KEY", reader.required(f"{prefix}_ACCESS_KEY", "the access key")
+        ),
         secret_key=reader.required(f"{prefix}_SECRET_KEY", "the secret key"),
     )
 
@@ -455,7 +464,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         aws_region=env.get("AWS_REGION", parse_region, None),
         tls_verify=env.get("MIRROR_TLS_VERIFY", parse_bool, True),
         ca_bundle=env.get("MIRROR_CA_BUNDLE", parse_file, None),
-        slack_token=env.raw("SLACK_BOT_TOKEN"),
+        slack_token=env.get("SLACK_BOT_TOKEN", parse_token, None),
         slack_channel=env.raw("SLACK_CHANNEL_ID"),
         slack_api_url=env.get("SLACK_API_URL", parse_url_with_path, None),
         rabbitmq_url=env.get(

@@ -184,6 +184,9 @@ HOSTILE = (
         ("SERVICE", "bad\udcffname"),
         ("WEBHOOK_AUTH_TOKEN", "tøken"),
         ("WEBHOOK_AUTH_TOKEN", "two words"),
+        ("SLACK_BOT_TOKEN", "xoxb-ключ"),
+        ("MINIO_ACCESS_KEY", "ключ"),
+        ("AWS_ACCESS_KEY", "AKIA XXXX"),
     ]
 )
 
@@ -245,3 +248,40 @@ def test_ca_bundle_must_exist(tmp_path):
     bundle = tmp_path / "ca.pem"
     bundle.write_text("x")
     assert load(MIRROR_CA_BUNDLE=str(bundle), MIRROR_TLS_VERIFY="false").ca_bundle == str(bundle)
+
+
+class Asking(dict):
+    """An environment that records every variable the configuration reads."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: set[str] = set()
+
+    def get(self, name, default=None):
+        self.asked.add(name)
+        return super().get(name, default)
+
+
+FUZZ = [
+    *("", " ", "nan", "inf", "-1", "0", "1e400", "9" * 40, "٣", "²", "ｔｒｕｅ", "\udcff"),
+    *("../x", "/", "a:b", ":", "@", "http://[::1", "x" * 5000, "amqp://u:p@h:99999/"),
+    *("10s", "-5m", "0s", "99999999d", "1,2,3", ",", "5,,5", "a b", "\t", "h:²", "h:99999"),
+]
+
+
+def test_every_variable_read_gives_a_value_or_a_configuration_error():
+    """Variables added later are covered too: nothing but ConfigError may escape."""
+    env = Asking(BASE)
+    config.load(env)
+    assert len(env.asked) > 30
+    crashes = []
+    for name in sorted(env.asked):
+        for value in FUZZ:
+            try:
+                load(**{name: value})
+            except ConfigError as exc:
+                if not str(exc).startswith(f"{name}: "):
+                    crashes.append((name, value, str(exc)[:100]))
+            except Exception as exc:
+                crashes.append((name, value, repr(exc)[:100]))
+    assert crashes == []
