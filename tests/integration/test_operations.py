@@ -153,6 +153,24 @@ def test_backfill_with_rabbitmq_down_stops_the_pair_with_a_summary(
     assert report["failures"][0].startswith("pair stopped after 1 listed: "), report
 
 
+@pytest.mark.parametrize(
+    "args", [("dlq", "list"), ("dlq", "replay", "--all"), ("dlq", "purge", "--yes")]
+)
+def test_dlq_with_a_wrong_rabbitmq_password_exits_1_with_one_line(
+    stack, notifying, source_bucket, buckets, procs, rabbit, args
+):
+    url = rabbit.url.replace("guest:guest@", "guest:wrong-pw@")
+    env = pair_env(source_bucket(), buckets("target"), RABBITMQ_URL=url, MIRROR_DEBUG="false")
+
+    code, out = finished(procs(*args, **env), timeout=120)
+
+    assert code == 1, out
+    masked = url.replace("wrong-pw", "****")
+    assert (
+        out.strip() == f"error: RabbitMQ at {masked}: login refused (check the user and password)"
+    )
+
+
 def test_dead_letters_are_listed_and_replayed_after_the_fix(
     stack, notifying, source_bucket, buckets, procs, amqp, rabbit
 ):
