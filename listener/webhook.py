@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import logging
 import queue
+import selectors
 import socket
 import sys
 import threading
@@ -103,18 +104,38 @@ class WebhookServer(ThreadingHTTPServer):
             self.turned_away = 0
 
     def _drain(self) -> None:
-        while (request := self.rejected.get()) is not None:
-            deadline = time.monotonic() + DRAIN_S
-            with contextlib.suppress(OSError):
-                request.settimeout(DRAIN_S)
-                read = 0
-                while read < MAX_BODY and time.monotonic() < deadline:
-                    chunk = request.recv(65536)
-                    if not chunk:
+        """Read (and drop) what turned-away clients still send, all at once, each for at
+        most DRAIN_S, then close them."""
+        selector = selectors.DefaultSelector()
+        deadlines: dict[socket.socket, float] = {}
+        running = True
+        while running or deadlines:
+            try:
+                while running:  # take every newly turned-away socket
+                    request = self.rejected.get(block=not deadlines, timeout=None)
+                    if request is None:
+                        running = False
                         break
-                    read += len(chunk)
-            with contextlib.suppress(OSError):
-                request.close()
+                    request.setblocking(False)
+                    selector.register(request, selectors.EVENT_READ)
+                    deadlines[request] = time.monotonic() + DRAIN_S
+            except queue.Empty:
+                pass
+            for key, _ in selector.select(timeout=0.05):
+                request = key.fileobj
+                try:
+                    more = request.recv(65536)
+                except OSError:
+                    more = b""
+                if not more:
+                    deadlines[request] = 0
+            now = time.monotonic()
+            for request in [r for r, at in deadlines.items() if at <= now or not running]:
+                del deadlines[request]
+                selector.unregister(request)
+                with contextlib.suppress(OSError):
+                    request.close()
+        selector.close()
 
     def server_close(self) -> None:
         super().server_close()
