@@ -18,7 +18,7 @@ import pytest
 import stack as local_stack
 from prometheus_client import REGISTRY
 
-from replicator import broker, health, topology
+from replicator import broker, config, health, topology
 from replicator.task import Task
 
 SHORT_HEARTBEAT_S = 2  # RabbitMQ drops a connection after 2 missed heartbeats (~4 s)
@@ -197,3 +197,50 @@ def test_readiness_is_a_round_trip_and_an_outage_logs_once(rabbit, queue, caplog
 
 def fresh_channel(rabbit):
     return pika.BlockingConnection(pika.URLParameters(rabbit.url)).channel()
+
+
+GOOD_LIST = "amqp://u:pw-one-1@rabbit-1:5672/%2F, amqp://u:pw-two-2@rabbit-2/%2F?heartbeat=5"
+
+
+def test_a_node_list_is_parsed_for_every_node():
+    first, second = broker.parameters(GOOD_LIST, name="n")
+    assert (first.host, first.heartbeat) == ("rabbit-1", broker.HEARTBEAT_S)
+    assert (second.host, second.port, second.heartbeat) == ("rabbit-2", 5672, 5)
+    assert [p.heartbeat for p in broker.parameters(GOOD_LIST, name="n", heartbeat=3)] == [3, 3]
+    env = {
+        "MINIO_URL": "http://127.0.0.1:9",
+        "MINIO_ACCESS_KEY": "k",
+        "MINIO_SECRET_KEY": "secret",
+        "BUCKET_PAIR": "minio/aaa:aws/bbb",
+        "RABBITMQ_URL": GOOD_LIST,
+    }
+    settings = config.load(env, need_target=False)
+    assert settings.rabbitmq_url == GOOD_LIST
+    assert {"pw-one-1", "pw-two-2"} <= set(settings.secrets())  # both scrubbed from logs
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "amqp://u:s3cret-pw@a:5672/%2F,,amqp://u:s3cret-pw@b:5672/%2F",
+        "amqp://u:s3cret-pw@a:5672/%2F,http://u:s3cret-pw@b/",
+        "amqp://u:s3cret-pw@a:5672/%2F,amqp://u:s3cret-pw@b:port/%2F",
+        "amqp://u:s3cret-pw@a:5672/%2F,amqp://u:s3cret-pw@b/%2F?heartbeat=x",
+    ],
+)
+def test_a_bad_node_list_exits_2_naming_rabbitmq_url_masked(run_cli, value):
+    result = run_cli(
+        "listen",
+        "--mode",
+        "webhook",
+        env={
+            "RABBITMQ_URL": value,
+            "WEBHOOK_AUTH_TOKEN": "t" * 20,
+            "BUCKET_PAIR": "minio/aaa:aws/bbb",
+        },
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "RABBITMQ_URL: " in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
