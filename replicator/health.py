@@ -29,7 +29,11 @@ def serve(address: tuple[str, int], ready: Callable[[], bool]) -> ThreadingHTTPS
             elif path == "/healthz":
                 self._send(200, b"ok\n")
             elif path == "/readyz":
-                ok = ready()
+                try:
+                    ok = ready()
+                except Exception:  # a readiness check must answer, never kill the thread
+                    log.exception("readiness check failed")
+                    ok = False
                 self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
             else:
                 self._send(404, b"not found\n")

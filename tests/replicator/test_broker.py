@@ -244,3 +244,18 @@ def test_a_bad_node_list_exits_2_naming_rabbitmq_url_masked(run_cli, value):
     assert len(result.stderr.splitlines()) == 1 and "RABBITMQ_URL: " in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_failing_readiness_check_answers_503_and_the_endpoint_lives_on():
+    def broken() -> bool:
+        raise RuntimeError("a bug in a readiness check")
+
+    server = health.serve(("127.0.0.1", 0), broken)
+    try:
+        for _ in range(2):
+            connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1])
+            connection.request("GET", "/readyz")
+            assert connection.getresponse().status == 503
+    finally:
+        server.shutdown()
+        server.server_close()
