@@ -104,8 +104,14 @@ class Endpoint:
     """An S3 API endpoint (source MinIO or target S3) and its credentials."""
 
     url: str
-    access_key: str
+    access_key: str  # "" with secret_key "": the AWS credential chain (target only)
     secret_key: str = field(repr=False)
+    session_token: str = field(default="", repr=False)
+
+    @property
+    def static(self) -> bool:
+        """Whether credentials are given here (else the standard AWS chain finds them)."""
+        return bool(self.access_key)
 
     @property
     def secure(self) -> bool:
@@ -179,6 +185,10 @@ class Settings:
     reconcile_timeout_s: int = RECONCILE_TIMEOUT_S
     retry_delays: tuple[int, ...] = RETRY_DELAYS_S
     hold_max_s: int = HOLD_MAX_S
+    storage_class: str | None = None  # AWS_STORAGE_CLASS
+    sse: str | None = None  # AWS_SSE: AES256 | aws:kms
+    sse_kms_key_id: str | None = None
+    copy_tags: bool = True  # MIRROR_COPY_TAGS
 
     @property
     def slack_enabled(self) -> bool:
@@ -189,7 +199,7 @@ class Settings:
         values = [self.source.secret_key, self.slack_token, self.webhook_token]
         values += rabbitmq_passwords(self.rabbitmq_url)
         if self.target:
-            values.append(self.target.secret_key)
+            values += [self.target.secret_key, self.target.session_token]
         return [v for v in values if v]
 
 
@@ -434,24 +444,74 @@ def parse_amqp_url(name: str, value: str) -> str:
 
 def _endpoint(reader: _Reader, prefix: str, example: str) -> Endpoint:
     url = parse_url(f"{prefix}_URL", reader.required(f"{prefix}_URL", f"a URL like {example}"))
+    key, secret = reader.raw(f"{prefix}_ACCESS_KEY"), reader.raw(f"{prefix}_SECRET_KEY")
+    if prefix == "AWS" and key is None and secret is None:
+        # Neither static key: the standard AWS chain (environment, profile, web identity
+        # / IRSA, container and instance metadata) finds the credentials.
+        return Endpoint(url=url, access_key="", secret_key="")
     return Endpoint(
         url=url,
         access_key=parse_access_key(
             f"{prefix}_ACCESS_KEY", reader.required(f"{prefix}_ACCESS_KEY", "the access key")
         ),
         secret_key=reader.required(f"{prefix}_SECRET_KEY", "the secret key"),
+        session_token=reader.get("AWS_SESSION_TOKEN", parse_token, "") if prefix == "AWS" else "",
     )
+
+
+STORAGE_CLASSES = (
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "GLACIER_IR",
+    "DEEP_ARCHIVE",
+    "EXPRESS_ONEZONE",
+)
+_AWS_HOST = re.compile(
+    r"(?:.+\.)?s3[.-](?:dualstack\.)?(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9])\.amazonaws\.com(?:\.cn)?"
+)
+
+
+def region_of(url: str) -> str | None:
+    """The region an AWS S3 endpoint URL names (`https://s3.ap-northeast-2.amazonaws.com`)."""
+    match = _AWS_HOST.fullmatch(urlsplit(url).hostname or "")
+    return match.group("region") if match else None
+
+
+def parse_upper_choice(*choices: str) -> Callable[[str, str], str]:
+    """One of `choices`, spelled as AWS spells it (case-insensitive input)."""
+
+    def parse(name: str, value: str) -> str:
+        chosen = {c.upper(): c for c in choices}.get(value.upper())
+        if chosen is None:
+            raise ConfigError(name, value, "one of: " + ", ".join(choices))
+        return chosen
+
+    return parse
+
+
+def _encryption(env: _Reader) -> tuple[str | None, str | None]:
+    sse = env.get("AWS_SSE", parse_upper_choice("AES256", "aws:kms"), None)
+    key = env.get("AWS_SSE_KMS_KEY_ID", parse_token, None)
+    if key and sse != "aws:kms":
+        raise ConfigError("AWS_SSE_KMS_KEY_ID", key, "used only with AWS_SSE=aws:kms")
+    return sse, key
 
 
 def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) -> Settings:
     """Parse the environment into Settings, or raise ConfigError on the first bad value."""
     env = _Reader(os.environ if environ is None else environ)
+    sse, sse_kms_key_id = _encryption(env)
+    example = "https://s3.ap-northeast-2.amazonaws.com"
+    target = _endpoint(env, "AWS", example) if need_target else None
+    region = env.get("AWS_REGION", parse_region, None) or (target and region_of(target.url))
     return Settings(
         service=env.raw("SERVICE") or "minio-s3-mirror",
         source=_endpoint(env, "MINIO", "http://minio:9000"),
-        target=_endpoint(env, "AWS", "https://s3.ap-northeast-2.amazonaws.com")
-        if need_target
-        else None,
+        target=target,
         pairs=parse_pairs(env),
         exclude=env.get("MIRROR_EXCLUDE", parse_patterns, ()),
         max_workers=env.get("MIRROR_MAX_WORKERS", parse_workers, None),
@@ -461,7 +521,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         debug=env.get("MIRROR_DEBUG", parse_bool, False),
         prefix=env.get("MIRROR_PREFIX", parse_prefix, ""),
         overwrite=env.get("MIRROR_OVERWRITE", parse_bool, True),
-        aws_region=env.get("AWS_REGION", parse_region, None),
+        aws_region=region or None,
         tls_verify=env.get("MIRROR_TLS_VERIFY", parse_bool, True),
         ca_bundle=env.get("MIRROR_CA_BUNDLE", parse_file, None),
         slack_token=env.get("SLACK_BOT_TOKEN", parse_token, None),
@@ -489,6 +549,10 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         ),
         retry_delays=env.get("MIRROR_RETRY_DELAYS", parse_delays, RETRY_DELAYS_S),
         hold_max_s=env.get("MIRROR_HOLD_MAX", parse_duration(1, 86_400, "5m"), HOLD_MAX_S),
+        storage_class=env.get("AWS_STORAGE_CLASS", parse_upper_choice(*STORAGE_CLASSES), None),
+        sse=sse,
+        sse_kms_key_id=sse_kms_key_id,
+        copy_tags=env.get("MIRROR_COPY_TAGS", parse_bool, True),
     )
 
 

@@ -138,7 +138,7 @@ class Copier:
                         return Outcome(False, "target exists and differs (MIRROR_OVERWRITE=false)")
                     when = target.etag
                 try:
-                    written = self._write(task, source, bucket, key, when, body)
+                    self._write(task, source, bucket, key, when, body)
                 except CopyError as exc:
                     if exc.kind is Kind.CONFLICT:  # the source or the target changed under us
                         continue
@@ -147,10 +147,8 @@ class Copier:
                 # content the target held, which another task then found "current".
                 if target is not None and self._head_source(task).etag != source.etag:
                     continue
-                # A single PUT whose ETag (the MD5 of what the target stored) equals the
-                # source's is verified by that answer; anything else by a HEAD.
-                if written != source.etag:
-                    self._verify(bucket, key, source)
+                # Verified: every write carried a SHA-256 of the bytes read, which the
+                # target checked before it answered.
                 return Outcome(True, "copied", source.size)
         raise CopyError(Kind.TRANSIENT, "source or target kept changing while copying", "source")
 
@@ -159,11 +157,6 @@ class Copier:
         if head is None:
             raise CopyError(Kind.MOOT, "source object is gone", "source", "NoSuchKey")
         return head
-
-    def _verify(self, bucket: str, key: str, source: Head) -> None:
-        head = self.target.head(bucket, key)
-        if head is None or head.metadata.get(SOURCE_ETAG) != source.etag:
-            raise CopyError(Kind.TRANSIENT, "target does not hold the copy after writing", "target")
 
     def _metadata(self, source: Head) -> dict[str, str]:
         metadata = {k: v for k, v in source.metadata.items() if k not in OURS}
@@ -177,13 +170,19 @@ class Copier:
     ) -> str:
         """Write the object if the target still is as we saw it; returns the target's ETag."""
         metadata = self._metadata(source)
+        tags = None
+        if self.settings.copy_tags and source.tag_count:
+            tags = self.source.tags(task.bucket, task.key)
         if source.size <= MULTIPART_THRESHOLD:
             if body is None:
                 body = self._read(task, source, 0, source.size - 1) if source.size else b""
-            return self.target.put(bucket, key, body, source, metadata, when)
+            return self.target.put(bucket, key, body, source, metadata, when, tags)
         args = {"Bucket": bucket, "Key": key}
         created = self.target.multipart(
-            "create_multipart_upload", **args, **self.target.write_args(source, metadata)
+            "create_multipart_upload",
+            **args,
+            **self.target.write_args(source, metadata, tags),
+            ChecksumAlgorithm="SHA256",
         )
         upload = created["UploadId"]
         try:
@@ -234,8 +233,12 @@ class Copier:
                     UploadId=upload,
                     PartNumber=number,
                     Body=body,
+                    ChecksumAlgorithm="SHA256",
                 )
-            return {"PartNumber": number, "ETag": part["ETag"]}
+            done = {"PartNumber": number, "ETag": part["ETag"]}
+            if part.get("ChecksumSHA256"):
+                done["ChecksumSHA256"] = part["ChecksumSHA256"]
+            return done
 
         futures = []
         try:

@@ -56,6 +56,7 @@ _OBSTORE_HEADERS = frozenset(KEPT_HEADERS) - {"Expires"}
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 _SIGNED_FOR = dt.timedelta(minutes=15)
+_CREDENTIALS_FOR = dt.timedelta(minutes=5)
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
@@ -73,6 +74,7 @@ class Head:
     mtime: str
     headers: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    tag_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class S3:
             urlsplit(endpoint.url).hostname or ""
         ).endswith("amazonaws.com")
         self.verify: bool | str = settings.ca_bundle or settings.tls_verify
+        self.settings = settings
+        self.session = _session(endpoint)
         self.boto = self._boto(pool)
         self._stores: dict[str, S3Store] = {}
         self._lock = threading.Lock()
@@ -110,11 +114,9 @@ class S3:
     # ---- clients ------------------------------------------------------------------
 
     def _boto(self, pool: int) -> Any:
-        return boto3.session.Session().client(
+        return self.session.client(
             "s3",
             endpoint_url=self.endpoint.url,
-            aws_access_key_id=self.endpoint.access_key,
-            aws_secret_access_key=self.endpoint.secret_key,
             region_name=self.region,
             verify=self.verify,
             config=Config(
@@ -146,11 +148,15 @@ class S3:
             options["allow_invalid_certificates"] = True
         elif isinstance(self.verify, str):
             options["root_certificate"] = self.verify
-        config: dict[str, Any] = {
-            "access_key_id": self.endpoint.access_key,
-            "secret_access_key": self.endpoint.secret_key,
-            "region": self.region,
-        }
+        config: dict[str, Any] = {"region": self.region}
+        if self.side == "target":
+            # Every write carries a checksum of the bytes read: the target verifies what
+            # arrived, and Object Lock buckets require one.
+            config["checksum_algorithm"] = "sha256"
+            if self.settings.sse:
+                config["server_side_encryption"] = self.settings.sse
+            if self.settings.sse_kms_key_id:
+                config["sse_kms_key_id"] = self.settings.sse_kms_key_id
         if self.aws:
             config["virtual_hosted_style_request"] = "." not in bucket
         else:
@@ -158,9 +164,30 @@ class S3:
         return S3Store(
             bucket,
             config=config,
+            credential_provider=self._credentials,
             client_options=options,
             retry_config={"max_retries": 0, "retry_timeout": dt.timedelta(seconds=30)},
         )
+
+    def _credentials(self) -> dict[str, Any]:
+        """obstore's credentials from the boto3 session (static keys or the AWS chain)."""
+        found = self.session.get_credentials()
+        if found is None:
+            raise CopyError(
+                Kind.PERMANENT,
+                f"{self.side}: no AWS credentials found (set AWS_ACCESS_KEY and AWS_SECRET_KEY, "
+                "or give the standard AWS chain a profile, web identity or instance role)",
+                self.side,
+            )
+        frozen = found.get_frozen_credentials()
+        refreshing = getattr(found, "refresh_needed", None) is not None
+        return {
+            "access_key_id": frozen.access_key,
+            "secret_access_key": frozen.secret_key,
+            "token": frozen.token,
+            # Refreshable (role) credentials are asked again often; botocore refreshes them.
+            "expires_at": dt.datetime.now(dt.UTC) + _CREDENTIALS_FOR if refreshing else None,
+        }
 
     # ---- reads --------------------------------------------------------------------
 
@@ -200,32 +227,60 @@ class S3:
     # ---- writes -------------------------------------------------------------------
 
     def put(
-        self, bucket: str, key: str, body: bytes, head: Head, metadata: dict[str, str], when: str
+        self,
+        bucket: str,
+        key: str,
+        body: bytes,
+        head: Head,
+        metadata: dict[str, str],
+        when: str,
+        tags: dict[str, str] | None = None,
     ) -> str:
         """A single PUT if the target is as we saw it: `when` is "absent" or the ETag it
         must still have. Returns the new ETag; CONFLICT when the condition failed."""
         if not compiled_key(key) or "Expires" in head.headers:
             condition = {"IfNoneMatch": "*"} if when == "absent" else {"IfMatch": when}
-            args = {**self.write_args(head, metadata), **condition}
+            args = {**self.write_args(head, metadata, tags), **condition}
+            args["ChecksumAlgorithm"] = "SHA256"
             return self._boto_call("put_object", Bucket=bucket, Key=key, Body=body, **args)[
                 "ETag"
             ].strip('"')
         attributes = {k: v for k, v in head.headers.items() if k in _OBSTORE_HEADERS}
         attributes.update(metadata)
+        if self.settings.storage_class:
+            attributes["Storage-Class"] = self.settings.storage_class
         mode: Any = "create" if when == "absent" else {"e_tag": f'"{when}"'}
         try:
-            result = obstore.put(self.store(bucket), key, body, attributes=attributes, mode=mode)
+            result = obstore.put(
+                self.store(bucket), key, body, attributes=attributes, mode=mode, tags=tags or None
+            )
         except Exception as exc:
             raise self._obstore_error(exc) from exc
         return (result["e_tag"] or "").strip('"')
 
-    def write_args(self, head: Head, metadata: dict[str, str]) -> dict[str, Any]:
-        """boto3 arguments carrying the kept headers and user metadata."""
+    def write_args(
+        self, head: Head, metadata: dict[str, str], tags: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """boto3 arguments of a write: kept headers, user metadata, tags, storage class and
+        encryption (the checksum algorithm is the caller's: it differs per operation)."""
         args: dict[str, Any] = {_BOTO_NAMES[k]: v for k, v in head.headers.items()}
         if "Expires" in args:
             with contextlib.suppress(TypeError, ValueError):
                 args["Expires"] = parsedate_to_datetime(args["Expires"])
+        if tags:
+            args["Tagging"] = urlencode(tags, quote_via=quote)
+        if self.settings.storage_class:
+            args["StorageClass"] = self.settings.storage_class
+        if self.settings.sse:
+            args["ServerSideEncryption"] = self.settings.sse
+        if self.settings.sse_kms_key_id:
+            args["SSEKMSKeyId"] = self.settings.sse_kms_key_id
         return {**args, "Metadata": metadata}
+
+    def tags(self, bucket: str, key: str) -> dict[str, str]:
+        """The object's tags (asked only when its GET/HEAD counted some)."""
+        got = self._boto_call("get_object_tagging", Bucket=bucket, Key=key)
+        return {tag["Key"]: tag["Value"] for tag in got.get("TagSet", [])}
 
     def multipart(self, method: str, **args: Any) -> Any:
         """create_multipart_upload / upload_part / complete_multipart_upload (conditional)."""
@@ -421,6 +476,17 @@ class S3:
         return response.status, response.headers, body
 
 
+def _session(endpoint: Endpoint) -> boto3.session.Session:
+    """Static keys (and a session token), or boto3's standard chain when none are given."""
+    if endpoint.static:
+        return boto3.session.Session(
+            aws_access_key_id=endpoint.access_key,
+            aws_secret_access_key=endpoint.secret_key,
+            aws_session_token=endpoint.session_token or None,
+        )
+    return boto3.session.Session()
+
+
 def _code(exc: BaseException) -> str:
     return m.group(1) if (m := _CODE.search(str(exc))) else ""
 
@@ -437,12 +503,14 @@ def _head_from_http(headers: http.client.HTTPMessage) -> Head:
         if name.lower().startswith("x-amz-meta-")
     }
     mtime = parsedate_to_datetime(headers["Last-Modified"]).isoformat()
+    tag_count = headers.get("x-amz-tagging-count") or "0"
     return Head(
         etag=headers.get("ETag", "").strip('"'),
         size=int(headers.get("Content-Length") or 0),
         mtime=mtime,
         headers=kept,
         metadata=metadata,
+        tag_count=int(tag_count) if tag_count.isdigit() else 0,
     )
 
 
@@ -472,6 +540,7 @@ def _head_from_boto(response: dict[str, Any]) -> Head:
         mtime=response["LastModified"].isoformat(),
         headers=kept,
         metadata={k.lower(): v for k, v in (response.get("Metadata") or {}).items()},
+        tag_count=int(response.get("TagCount") or 0),
     )
 
 

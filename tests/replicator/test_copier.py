@@ -258,7 +258,7 @@ def test_a_source_changing_during_a_multipart_copy_is_chased(stack, pair):
 
 
 def test_a_lister_that_saw_no_target_object_saves_the_head(stack, pair):
-    src, dst, settings = pair
+    src, _, settings = pair
     stack.source.client().put_object(Bucket=src, Key="n", Body=b"new")
     copier = Copier(settings)
     requests = Requests(stack)
@@ -270,7 +270,7 @@ def test_a_lister_that_saw_no_target_object_saves_the_head(stack, pair):
 def test_a_stale_absent_hint_never_overwrites_blindly(stack, pair):
     """The target got the object after the listing: the write-first PUT is refused (412),
     the engine looks, and MIRROR_OVERWRITE=false keeps the target's object."""
-    src, dst, settings = pair
+    src, dst, _ = pair
     stack.source.client().put_object(Bucket=src, Key="n", Body=b"source")
     stack.target.client().put_object(Bucket=dst, Key="n", Body=b"target's own")
     keep = config.load(
@@ -280,3 +280,39 @@ def test_a_stale_absent_hint_never_overwrites_blindly(stack, pair):
     outcome = Copier(keep).copy(Task(bucket=src, key="n", origin="backfill", target_absent=True))
     assert not outcome.copied and "MIRROR_OVERWRITE=false" in outcome.reason
     assert body(stack, dst, "n") == b"target's own"
+
+
+@pytest.mark.parametrize("key", ["plain.txt", "dir/", "big.bin"])
+def test_writes_carry_a_checksum_tags_and_the_storage_class(stack, pair, key):
+    """Every path (obstore PUT, boto3 PUT for keys obstore can't hold, multipart) sends a
+    SHA-256 the target checks, the source's tags and AWS_STORAGE_CLASS."""
+    src, dst, _ = pair
+    data = b"" if key.endswith("/") else (b"x" * (17 * 1024 * 1024) if key == "big.bin" else b"hi")
+    stack.source.client().put_object(Bucket=src, Key=key, Body=data, Tagging="team=a%20b&n=1")
+    settings = config.load(
+        {
+            **base_env(stack),
+            "BUCKET_PAIR": f"minio/{src}:aws/{dst}",
+            "AWS_STORAGE_CLASS": "reduced_redundancy",
+        }
+    )
+
+    assert Copier(settings).copy(Task(bucket=src, key=key, origin="backfill")).copied
+    target = stack.target.client()
+    head = target.head_object(Bucket=dst, Key=key, ChecksumMode="ENABLED")
+    assert head.get("ChecksumSHA256"), head
+    assert head.get("StorageClass") == "REDUCED_REDUNDANCY"
+    tags = target.get_object_tagging(Bucket=dst, Key=key)["TagSet"]
+    assert {t["Key"]: t["Value"] for t in tags} == {"team": "a b", "n": "1"}
+
+
+def test_tags_stay_behind_when_mirror_copy_tags_is_false(stack, pair):
+    src, dst, _ = pair
+    stack.source.client().put_object(Bucket=src, Key="t", Body=b"x", Tagging="a=1")
+    settings = config.load(
+        {**base_env(stack), "BUCKET_PAIR": f"minio/{src}:aws/{dst}", "MIRROR_COPY_TAGS": "false"}
+    )
+    requests = Requests(stack)
+    assert Copier(settings).copy(Task(bucket=src, key="t", origin="backfill")).copied
+    assert stack.target.client().get_object_tagging(Bucket=dst, Key="t")["TagSet"] == []
+    assert "source GetObjectTagging" not in requests.spent()
