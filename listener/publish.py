@@ -27,6 +27,8 @@ class TaskSink:
 
     def in_scope(self, task: Task) -> bool:
         metrics.EVENTS_RECEIVED.labels(task.origin).inc()
+        if task.removal and not self.settings.delete:
+            return False  # deletes are off: a removal is not work
         return bool(pairs_for(self.settings, task.bucket, task.key))
 
     def publish(self, task: Task) -> None:

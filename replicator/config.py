@@ -48,6 +48,8 @@ MAX_INTERVAL_S = 86_400
 RECONCILE_TIMEOUT_S = 6 * 3600  # MIRROR_RECONCILE_TIMEOUT; the CronJob's deadline is above it
 MAX_RECONCILE_TIMEOUT_S = 7 * 86_400
 RETRY_DELAYS_S = (5, 30, 120, 600)  # MIRROR_RETRY_DELAYS: the delayed-retry tiers
+MAX_DELETE = 1000
+MAX_DELETE_PERCENT = 10
 HOLD_MAX_S = 300  # MIRROR_HOLD_MAX: longest one task waits in a thread for a down endpoint
 SHOWN_MAX = 200  # characters of a bad value repeated in its message
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits only: int() also takes "٣" and "1_0"
@@ -189,6 +191,9 @@ class Settings:
     sse: str | None = None  # AWS_SSE: AES256 | aws:kms
     sse_kms_key_id: str | None = None
     copy_tags: bool = True  # MIRROR_COPY_TAGS
+    delete: bool = False  # MIRROR_DELETE: off, as the seed promised (nothing deleted)
+    max_delete: int = MAX_DELETE  # MIRROR_MAX_DELETE: a batch deleting more is refused
+    max_delete_percent: int = MAX_DELETE_PERCENT  # MIRROR_MAX_DELETE_PERCENT of the target
 
     @property
     def slack_enabled(self) -> bool:
@@ -553,6 +558,11 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         sse=sse,
         sse_kms_key_id=sse_kms_key_id,
         copy_tags=env.get("MIRROR_COPY_TAGS", parse_bool, True),
+        delete=env.get("MIRROR_DELETE", parse_bool, False),
+        max_delete=env.get("MIRROR_MAX_DELETE", parse_int_range(0, 10_000_000, 500), MAX_DELETE),
+        max_delete_percent=env.get(
+            "MIRROR_MAX_DELETE_PERCENT", parse_int_range(0, 100, 20), MAX_DELETE_PERCENT
+        ),
     )
 
 

@@ -45,8 +45,9 @@ CHASES = 5  # how often to follow a source that keeps changing before giving up
 @dataclass(frozen=True)
 class Outcome:
     copied: bool
-    reason: str  # why it was skipped, or "copied"
+    reason: str  # why it was skipped, or "copied" / "deleted"
     bytes: int = 0
+    deleted: bool = False
 
 
 class KeyLocks:
@@ -54,12 +55,13 @@ class KeyLocks:
 
     def __init__(self) -> None:
         self.guard = threading.Lock()
-        self.locks: dict[str, tuple[threading.Lock, int]] = {}
+        self.locks: dict[str, tuple[threading.RLock, int]] = {}
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:
         with self.guard:
-            lock, users = self.locks.get(key, (threading.Lock(), 0))
+            # Re-entrant: a delete that finds the key re-created copies it under its lock.
+            lock, users = self.locks.get(key, (threading.RLock(), 0))
             self.locks[key] = (lock, users + 1)
         try:
             with lock:
@@ -105,17 +107,51 @@ class Copier:
         self.parts = ThreadPoolExecutor(PART_BUDGET, thread_name_prefix="part")
 
     def copy(self, task: Task) -> Outcome:
-        """Copy one task's object to every pair it belongs to; raises CopyError."""
+        """Copy (or, for a removal, delete) one task's object for every pair it belongs
+        to; raises CopyError."""
         if not any(p.source_bucket == task.bucket for p in self.settings.pairs):
             raise CopyError(Kind.PERMANENT, f"bucket {task.bucket!r} is in no configured pair")
+        if task.removal and not self.settings.delete:
+            return Outcome(False, "deletes are off (MIRROR_DELETE=false)")
         pairs = pairs_for(self.settings, task.bucket, task.key)
         if not pairs:
             return Outcome(False, "excluded (MIRROR_EXCLUDE/MIRROR_PREFIX or pair path)")
-        outcomes = [self._copy_pair(task, pair) for pair in pairs]
-        copied = [o for o in outcomes if o.copied]
-        if copied:
-            return Outcome(True, "copied", sum(o.bytes for o in copied))
+        one = self._delete_pair if task.removal else self._copy_pair
+        outcomes = [one(task, pair) for pair in pairs]
+        done = [o for o in outcomes if o.copied or o.deleted]
+        if done:
+            return Outcome(
+                any(o.copied for o in done),
+                done[0].reason,
+                sum(o.bytes for o in done),
+                any(o.deleted for o in done),
+            )
         return outcomes[0]
+
+    def _delete_pair(self, task: Task, pair: BucketPair) -> Outcome:
+        """Delete the target copy only if the source has no such key *now*; a re-create
+        of the key always wins (design 7.7)."""
+        bucket, key = pair.target_bucket, pair.target_key(task.key)
+        with self.locks.hold(f"{bucket}/{key}"):
+            for _ in range(CHASES):
+                if self.source.head(task.bucket, task.key) is not None:
+                    return Outcome(False, "source still has the object: nothing deleted")
+                target = self.target.head(bucket, key)
+                if target is None:
+                    return Outcome(False, "target copy already gone")
+                try:
+                    self.target.delete(bucket, key, target.etag)
+                except CopyError as exc:
+                    if exc.kind is Kind.CONFLICT:  # a newer copy landed: look again
+                        continue
+                    raise
+                # Where the target ignores If-Match on DELETE, a re-create copied between
+                # our HEAD and the DELETE was just removed: the source says so, copy again.
+                if self.source.head(task.bucket, task.key) is not None:
+                    self._copy_pair(task, pair)
+                    return Outcome(False, "source re-created the object while deleting: kept")
+                return Outcome(False, "deleted", deleted=True)
+        raise CopyError(Kind.TRANSIENT, "target kept changing while deleting", "target")
 
     def _copy_pair(self, task: Task, pair: BucketPair) -> Outcome:
         bucket, key = pair.target_bucket, pair.target_key(task.key)

@@ -26,6 +26,8 @@ CONTENT_EVENTS = frozenset(
         "s3:ObjectCreated:CompleteMultipartUpload",
     }
 )
+# Removals become delete tasks; whether they delete anything is MIRROR_DELETE's call.
+REMOVED_EVENTS = frozenset({"s3:ObjectRemoved:Delete", "s3:ObjectRemoved:DeleteMarkerCreated"})
 MAX_KEY_BYTES = 1024  # S3's limit on an object key (UTF-8)
 
 
@@ -64,13 +66,13 @@ def _text(name: str, value: object) -> str:
 
 
 def task_from_record(record: object, *, origin: str, encoded: bool) -> Task | None:
-    """The task for one record; None for events that do not change content."""
+    """The task for one record; None for events that change neither content nor presence."""
     if not isinstance(record, dict):
         raise MalformedTask("event record is not an object")
     name = record.get("eventName")
     if not isinstance(name, str):
         raise MalformedTask(f"event record's eventName {_short(name)} is not a string")
-    if name not in CONTENT_EVENTS:
+    if name not in CONTENT_EVENTS and name not in REMOVED_EVENTS:
         return None
     s3 = record.get("s3")
     if not isinstance(s3, dict):

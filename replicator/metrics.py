@@ -14,6 +14,7 @@ EVENTS_RECEIVED = Counter(f"{P}events_received", "Object-created events accepted
 TASKS_PUBLISHED = Counter(f"{P}tasks_published", "Tasks confirmed by RabbitMQ", ["origin"])
 OBJECTS_REPLICATED = Counter(f"{P}objects_replicated", "Objects copied and verified")
 BYTES_REPLICATED = Counter(f"{P}bytes_replicated", "Bytes copied and verified")
+OBJECTS_DELETED = Counter(f"{P}objects_deleted", "Target copies deleted (MIRROR_DELETE)")
 SKIPPED = Counter(f"{P}objects_skipped", "Tasks with nothing to do", ["reason"])
 FAILURES = Counter(f"{P}copy_failures", "Failed copy attempts", ["kind"])
 RETRIES = Counter(f"{P}retries", "Tasks sent to a delayed retry queue")
@@ -38,6 +39,9 @@ _SKIP_REASONS = (
     ("excluded", "excluded"),
     ("source object is gone", "source_gone"),
     ("target exists and differs", "overwrite_off"),
+    ("deletes are off", "delete_off"),
+    ("source still has", "source_present"),
+    ("target copy already gone", "target_gone"),
 )
 
 

@@ -277,6 +277,11 @@ class S3:
             args["SSEKMSKeyId"] = self.settings.sse_kms_key_id
         return {**args, "Metadata": metadata}
 
+    def delete(self, bucket: str, key: str, etag: str) -> None:
+        """Delete the object if it still has this ETag (where the target checks If-Match on
+        DELETE: AWS does, MinIO ignores it); CONFLICT when it changed."""
+        self._boto_call("delete_object", Bucket=bucket, Key=key, IfMatch=f'"{etag}"')
+
     def tags(self, bucket: str, key: str) -> dict[str, str]:
         """The object's tags (asked only when its GET/HEAD counted some)."""
         got = self._boto_call("get_object_tagging", Bucket=bucket, Key=key)

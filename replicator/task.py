@@ -30,6 +30,11 @@ class Task:
     target_absent: bool = False  # the lister saw no target object: write first, HEAD on 412
     v: int = VERSION
 
+    @property
+    def removal(self) -> bool:
+        """The source object was removed (a delete task, acted on only with MIRROR_DELETE)."""
+        return self.event.startswith("s3:ObjectRemoved:")
+
     def to_json(self) -> bytes:
         body = {k: v for k, v in asdict(self).items() if v not in ("", None, False)}
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

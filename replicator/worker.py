@@ -178,6 +178,10 @@ class Worker:
 
     def _record(self, task: Task, attempt: int, outcome: Outcome, seconds: float) -> None:
         """Count one finished task (per-object lines are debug: the counters carry it)."""
+        if outcome.deleted and not outcome.copied:
+            metrics.OBJECTS_DELETED.inc()
+            self._log(task, attempt, "deleted", outcome.reason)
+            return
         if not outcome.copied:
             metrics.SKIPPED.labels(metrics.skip_reason(outcome.reason)).inc()
             self._log(task, attempt, "skipped", outcome.reason)
@@ -194,7 +198,9 @@ class Worker:
     def _log(
         self, task: Task, attempt: int, what: str, reason: str, latency: float | None = None
     ) -> None:
-        level = logging.DEBUG if what in ("copied", "skipped", "ack") else logging.WARNING
+        level = (
+            logging.DEBUG if what in ("copied", "skipped", "ack", "deleted") else logging.WARNING
+        )
         if not log.isEnabledFor(level):
             return
         outcome = {"ack": "skipped", "retry": "failed", "dead": "failed"}.get(what, what)

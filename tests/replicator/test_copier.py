@@ -316,3 +316,84 @@ def test_tags_stay_behind_when_mirror_copy_tags_is_false(stack, pair):
     assert Copier(settings).copy(Task(bucket=src, key="t", origin="backfill")).copied
     assert stack.target.client().get_object_tagging(Bucket=dst, Key="t")["TagSet"] == []
     assert "source GetObjectTagging" not in requests.spent()
+
+
+def removal(bucket: str, key: str) -> Task:
+    return Task(bucket=bucket, key=key, origin="webhook", event="s3:ObjectRemoved:Delete")
+
+
+def with_deletes(stack, src: str, dst: str) -> config.Settings:
+    env = {**base_env(stack), "BUCKET_PAIR": f"minio/{src}:aws/{dst}", "MIRROR_DELETE": "true"}
+    return config.load(env)
+
+
+def test_deletes_are_off_by_default(stack, pair):
+    src, dst, settings = pair
+    stack.source.client().put_object(Bucket=src, Key="k", Body=b"x")
+    Copier(settings).copy(Task(bucket=src, key="k", origin="backfill"))
+    stack.source.client().delete_object(Bucket=src, Key="k")
+
+    outcome = Copier(settings).copy(removal(src, "k"))
+    assert not outcome.deleted and "MIRROR_DELETE=false" in outcome.reason
+    assert body(stack, dst, "k") == b"x"
+
+
+def test_a_removed_source_object_is_deleted_on_the_target(stack, pair):
+    src, dst, _ = pair
+    settings = with_deletes(stack, src, dst)
+    stack.source.client().put_object(Bucket=src, Key="k", Body=b"x")
+    Copier(settings).copy(Task(bucket=src, key="k", origin="backfill"))
+    stack.source.client().delete_object(Bucket=src, Key="k")
+
+    assert Copier(settings).copy(removal(src, "k")).deleted
+    assert stack.target.client().list_objects_v2(Bucket=dst)["KeyCount"] == 0
+    again = Copier(settings).copy(removal(src, "k"))
+    assert not again.deleted and again.reason == "target copy already gone"
+
+
+def test_a_removal_of_a_key_the_source_still_has_deletes_nothing(stack, pair):
+    src, dst, _ = pair
+    settings = with_deletes(stack, src, dst)
+    stack.source.client().put_object(Bucket=src, Key="k", Body=b"x")
+    Copier(settings).copy(Task(bucket=src, key="k", origin="backfill"))
+
+    outcome = Copier(settings).copy(removal(src, "k"))
+    assert not outcome.deleted and outcome.reason.startswith("source still has")
+    assert body(stack, dst, "k") == b"x"
+
+
+class DeleteInterrupted(Copier):
+    """Runs `meanwhile` once, right after this copier has looked at the target."""
+
+    def __init__(self, settings, meanwhile: Callable[[], None]) -> None:
+        super().__init__(settings)
+        real = self.target.head
+
+        def hooked(*args, **kwargs):
+            got = real(*args, **kwargs)
+            if self.meanwhile:
+                run, self.meanwhile = self.meanwhile, None
+                run()
+            return got
+
+        self.meanwhile: Callable[[], None] | None = meanwhile
+        self.target.head = hooked
+
+
+def test_a_re_create_racing_a_delete_always_wins(stack, pair):
+    """The key is re-created and copied between the delete's look and its DELETE: MinIO
+    ignores If-Match on DELETE, so the engine's re-check must bring the new copy back."""
+    src, dst, _ = pair
+    settings = with_deletes(stack, src, dst)
+    source = stack.source.client()
+    source.put_object(Bucket=src, Key="k", Body=b"old")
+    Copier(settings).copy(Task(bucket=src, key="k", origin="backfill"))
+    source.delete_object(Bucket=src, Key="k")
+
+    def re_created():
+        source.put_object(Bucket=src, Key="k", Body=b"new")
+        assert Copier(settings).copy(Task(bucket=src, key="k", origin="webhook")).copied
+
+    outcome = DeleteInterrupted(settings, re_created).copy(removal(src, "k"))
+    assert not outcome.deleted
+    assert body(stack, dst, "k") == b"new"
