@@ -8,7 +8,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from .config import Settings
-from .reconcile.runner import RunResult
+from .reconcile.result import RunResult
 from .reconcile.summary import human_bytes, pair_outcome
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,12 @@ def reconcile_message(run: RunResult) -> tuple[str, list[dict]]:
     ]
     for pair in run.pairs[:_MAX_PAIR_BLOCKS]:
         lines = [f"{'✅' if pair.ok else '❌'} `{pair.pair}`: {pair_outcome(pair)}"]
-        if pair.left_changed:
-            lines.append(f"left unchanged (MIRROR_OVERWRITE=false): {len(pair.left_changed)}")
-        for problem in pair.problems[:3]:
+        if pair.left_changed.count:
+            lines.append(f"left unchanged (MIRROR_OVERWRITE=false): {pair.left_changed.count}")
+        for problem in pair.problems.items[:3]:
             lines.append(f"• {problem.cause.title}: {problem.text[:300]}")
+        if pair.problems.count > 3:
+            lines.append(f"… and {pair.problems.count - 3} more error(s)")
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}})
     if len(run.pairs) > _MAX_PAIR_BLOCKS:
         more = len(run.pairs) - _MAX_PAIR_BLOCKS

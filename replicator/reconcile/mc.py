@@ -1,22 +1,58 @@
-"""Running the `mc` binary without exposing credentials.
+"""Running the `mc` binary: no credential exposed, a minimal environment, a deadline.
 
 Credentials reach mc only through `MC_HOST_<alias>` environment variables; mc gets a
 private (0700) temporary config dir that is removed afterwards, so nothing secret is
-on the command line (visible in `ps`) or left on disk.
+on the command line (visible in `ps`) or left on disk. mc's environment is built from
+scratch: locale, PATH, HOME, network settings it needs (proxies, CA locations) and its
+own two `MC_HOST_*`, nothing else of ours (no Slack, webhook or RabbitMQ secret).
+
+Each run is its own process group. At the run's deadline, or when reading its output
+fails, the whole group is stopped (SIGTERM, then SIGKILL) and reaped, so a wrapper
+script cannot leave a real mc behind.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import quote, urlsplit
 
 from ..config import SOURCE_ALIAS, TARGET_ALIAS, Endpoint, Settings
+
+log = logging.getLogger(__name__)
+
+# Taken from our environment when set; everything else is left out.
+PASSED_VARIABLES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "SSL_CERT_FILE",  # Go's TLS reads these for the system CA roots
+        "SSL_CERT_DIR",
+        "HTTP_PROXY",  # and these for the way to the endpoints
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    }
+)
+STOP_GRACE_S = 3.0  # between SIGTERM and SIGKILL
+_STDERR_LINES = 20
 
 
 class McMissing(RuntimeError):
@@ -38,17 +74,128 @@ def find_binary() -> str:
     return path
 
 
+def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """mc's whole environment: the passed variables, LC_*, and its own MC_HOST_*."""
+    env = {k: v for k, v in environ.items() if k in PASSED_VARIABLES or k.startswith("LC_")}
+    env.setdefault("PATH", os.defpath)
+    env[f"MC_HOST_{SOURCE_ALIAS}"] = host_variable(settings.source)
+    if settings.target:
+        env[f"MC_HOST_{TARGET_ALIAS}"] = host_variable(settings.target)
+    return env
+
+
+class McRun:
+    """One running mc: read `stdout` inside the `with` block.
+
+    On leaving the block mc is waited for; if the block raised, mc is stopped first. At
+    `deadline` (time.monotonic()) a timer stops it and sets `timed_out`. Afterwards
+    `code` is mc's exit status and `stderr` the last lines it wrote there.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str], deadline: float | None) -> None:
+        self.proc = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            start_new_session=True,  # its own process group, stopped as a whole
+        )
+        self.code: int | None = None
+        self.timed_out = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._stopped = False
+        self._tail: deque[str] = deque(maxlen=_STDERR_LINES)
+        assert self.proc.stderr is not None
+        self._drain = threading.Thread(
+            target=_drain, args=(self.proc.stderr, self._tail), name="mc-stderr", daemon=True
+        )
+        self._drain.start()
+        self._timer: threading.Timer | None = None
+        if deadline is not None:
+            self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    @property
+    def stdout(self) -> Iterable[str]:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self._tail)
+
+    def __enter__(self) -> McRun:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is not None:
+                self.stop()
+            self.code = self.proc.wait()
+            with self._lock:
+                self._done = True
+            if self._timer is not None:
+                self._timer.cancel()
+            self._drain.join(STOP_GRACE_S)
+            if self._drain.is_alive():  # mc exited, something it started holds stderr
+                self.stop()
+                self._drain.join()
+        finally:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.timed_out = True
+        log.warning("mc (pid %d) reached the run's deadline: stopping it", self.proc.pid)
+        self.stop()
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it after a grace period; idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        _signal_group(self.proc.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            self.proc.wait(STOP_GRACE_S)
+        _signal_group(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
+        self.proc.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError, PermissionError):  # already gone
+        os.killpg(pgid, sig)
+
+
+def _drain(stream: Iterable[str], tail: deque[str]) -> None:
+    for line in stream:
+        log.debug("mc stderr: %s", line.rstrip())
+        tail.append(line.rstrip())
+
+
 class Mc:
-    """An mc invocation context: binary, private config dir and credential environment."""
+    """An mc invocation context: binary, private config dir and environment."""
 
     def __init__(self, settings: Settings, config_dir: Path) -> None:
         self.settings = settings
         self.binary = find_binary()
         self.config_dir = config_dir
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MC_HOST_")}
-        self.env[f"MC_HOST_{SOURCE_ALIAS}"] = host_variable(settings.source)
-        if settings.target:
-            self.env[f"MC_HOST_{TARGET_ALIAS}"] = host_variable(settings.target)
+        self.env = child_environment(settings, os.environ)
         if settings.ca_bundle:
             cas = config_dir / "certs" / "CAs"
             cas.mkdir(parents=True)
@@ -62,17 +209,9 @@ class Mc:
             flags.append("--debug")
         return [self.binary, *args[:1], *flags, *args[1:]]
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.command(*args),
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
+    def run(self, *args: str, deadline: float | None = None) -> McRun:
+        log.debug("running mc %s", " ".join(args))
+        return McRun(self.command(*args), self.env, deadline)
 
 
 @contextmanager

@@ -3,7 +3,9 @@
 mc prints one JSON object per message (pretty-printed by some versions, so an object
 may span lines). For `mc mirror` a "success" record is printed *before* the copy
 runs, errors come as separate records, and a totals record ends the run; the caller
-must read the whole stream to know what happened.
+must read the whole stream to know what happened. Records are yielded one at a time:
+the caller keeps counters, never the stream. A JSON object of an unexpected shape
+raises UnreadableRecord (the caller stops mc and fails the pair).
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from typing import Any
 
 _MAX_OBJECT_CHARS = 4 << 20
 _QUOTED = re.compile(r"`([^`]*)`")
+_SHOWN_CHARS = 300
+
+
+class UnreadableRecord(ValueError):
+    """mc printed a JSON object this reader cannot understand."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        shown = text.strip().replace("\n", " ")
+        shown = shown if len(shown) <= _SHOWN_CHARS else shown[:_SHOWN_CHARS] + "..."
+        super().__init__(f"mc printed a record this tool cannot read ({reason}): {shown}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,10 @@ def parse(obj: dict[str, Any]) -> Record | None:
             fatal=error.get("type") == "fatal",
         )
     if "source" in obj and "target" in obj:
-        return Copied(source=obj["source"], target=obj["target"], size=int(obj.get("size", 0)))
+        source, target = obj["source"], obj["target"]
+        if not isinstance(source, str) or not isinstance(target, str):
+            raise TypeError("source and target must be strings")
+        return Copied(source=source, target=target, size=_count(obj.get("size", 0)))
     if "transferred" in obj and "duration" in obj:
         return Totals(
             transferred=int(obj["transferred"]),
@@ -89,10 +104,18 @@ def parse(obj: dict[str, Any]) -> Record | None:
             duration_s=float(obj["duration"]) / 1e9,
         )
     if "diff" in obj:
-        return Difference(
-            first=obj.get("first", ""), second=obj.get("second", ""), diff=int(obj["diff"])
-        )
+        first, second = obj.get("first", ""), obj.get("second", "")
+        if not isinstance(first, str) or not isinstance(second, str):
+            raise TypeError("first and second must be strings")
+        return Difference(first=first, second=second, diff=_count(obj["diff"]))
     return None
+
+
+def _count(value: object) -> int:
+    """A non-negative JSON integer (mc prints sizes and codes as numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a non-negative integer")
+    return value
 
 
 def read(lines: Iterable[str]) -> Iterator[Record | str]:
@@ -111,8 +134,11 @@ def read(lines: Iterable[str]) -> Iterator[Record | str]:
                 yield buffer
                 buffer = ""
             continue
-        buffer = ""
-        record = parse(obj) if isinstance(obj, dict) else None
+        text, buffer = buffer, ""
+        try:
+            record = parse(obj) if isinstance(obj, dict) else None
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise UnreadableRecord(text, f"{type(exc).__name__}: {exc}") from None
         if record is not None:
             yield record
     if buffer.strip():

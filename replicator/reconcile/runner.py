@@ -3,109 +3,37 @@
 mc's exit code and its "success" lines are not trusted: the whole JSON stream is read,
 and after a real run `mc diff` checks that nothing in scope is still missing (mc skips
 some failures silently, AccessDenied on upload among them).
+
+Memory does not grow with the number of objects: records are handled as they arrive
+(counters, the first KEPT keys and failures, announced sizes in an on-disk ledger), and
+time is bounded: the whole run has a deadline (MIRROR_RECONCILE_TIMEOUT) at which every
+running mc is stopped and its pair reported failed.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from ..config import SOURCE_ALIAS, TARGET_ALIAS, BucketPair, Settings
 from ..filters import KeyFilter
 from . import mc_output
-from .mc import Mc, session
-from .mc_output import Copied, Difference, Failure, Totals
-from .troubleshoot import FAILED_TO_ACCESS_ALIAS, Cause, diagnose
+from .ledger import Ledger
+from .mc import Mc, McRun, session
+from .mc_output import Copied, Difference, Failure, Record, Totals, UnreadableRecord
+from .result import PairResult, Problem, RunResult
+from .troubleshoot import FAILED_TO_ACCESS_ALIAS, MC_OUTPUT_UNREADABLE, TIMED_OUT, diagnose
 
 log = logging.getLogger(__name__)
 
 _OVERWRITE_REFUSED = "Overwrite not allowed"
+TIMEOUT_VARIABLE = "MIRROR_RECONCILE_TIMEOUT"
 
 
-@dataclass(frozen=True)
-class Problem:
-    """A failure explained with the seed's troubleshooting cause and hints."""
-
-    text: str
-    cause: Cause
-    detail: str = ""
-    side: str = ""
-    key: str | None = None
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "error": self.text,
-            "cause": self.cause.title,
-            "meaning": self.cause.meaning,
-            "detail": self.detail,
-            "side": self.side,
-            "key": self.key,
-            "hints": list(self.cause.hints),
-        }
-
-
-@dataclass
-class PairResult:
-    pair: str
-    source: str
-    target: str
-    dry_run: bool = False
-    copied: int = 0
-    bytes: int = 0
-    would_copy: list[str] = field(default_factory=list)
-    left_changed: list[str] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    note: str = ""
-    duration_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "pair": self.pair,
-            "source": self.source,
-            "target": self.target,
-            "ok": self.ok,
-            "dry_run": self.dry_run,
-            "copied": self.copied,
-            "bytes": self.bytes,
-            "would_copy": self.would_copy,
-            "left_changed": self.left_changed,
-            "failures": [p.as_dict() for p in self.problems],
-            "note": self.note,
-            "duration_s": round(self.duration_s, 3),
-        }
-
-
-@dataclass
-class RunResult:
-    service: str
-    dry_run: bool
-    pairs: list[PairResult]
-    duration_s: float
-
-    @property
-    def ok(self) -> bool:
-        return all(p.ok for p in self.pairs)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "service": self.service,
-            "ok": self.ok,
-            "dry_run": self.dry_run,
-            "duration_s": round(self.duration_s, 3),
-            "copied": sum(p.copied for p in self.pairs),
-            "bytes": sum(p.bytes for p in self.pairs),
-            "failed_pairs": sum(not p.ok for p in self.pairs),
-            "pairs": [p.as_dict() for p in self.pairs],
-        }
+class TimedOut(Exception):
+    """The run's deadline passed: mc was stopped (or never started)."""
 
 
 def source_key(url: str) -> str:
@@ -114,13 +42,28 @@ def source_key(url: str) -> str:
     return parts[2] if len(parts) > 2 else ""
 
 
-class PairJob:
-    """Reconciles one pair with one mc session."""
+def duration_text(seconds: float) -> str:
+    """1h30m, 45s: the form MIRROR_RECONCILE_TIMEOUT accepts."""
+    whole = int(seconds)
+    parts = [
+        (whole // 86400, "d"),
+        (whole % 86400 // 3600, "h"),
+        (whole % 3600 // 60, "m"),
+        (whole % 60, "s"),
+    ]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
-    def __init__(self, mc: Mc, settings: Settings, pair: BucketPair) -> None:
+
+class PairJob:
+    """Reconciles one pair with one mc session, by the run's deadline."""
+
+    def __init__(
+        self, mc: Mc, settings: Settings, pair: BucketPair, deadline: float | None = None
+    ) -> None:
         self.mc = mc
         self.settings = settings
         self.pair = pair
+        self.deadline = deadline
         self.filter = KeyFilter.for_pair(settings, pair)
         self.source = "/".join(
             p for p in (SOURCE_ALIAS, pair.source_bucket, pair.source_prefix(settings.prefix)) if p
@@ -129,8 +72,6 @@ class PairJob:
             p for p in (TARGET_ALIAS, pair.target_bucket, pair.target_prefix(settings.prefix)) if p
         )
         self.result = PairResult(str(pair), self.source, self.target, dry_run=settings.dry_run)
-        self.announced: dict[str, Copied] = {}
-        self.failed_keys: set[str] = set()
         self.empty = False  # the prefix holds nothing (yet)
 
     def problem(self, text: str, key: str | None = None, bucket: str = "") -> Problem:
@@ -152,17 +93,49 @@ class PairJob:
 
     def run(self) -> PairResult:
         started = time.monotonic()
+        ledger = Ledger(self.mc.config_dir / "announced.sqlite")
         try:
             if self.settings.dry_run:
                 self._plan()
             else:
-                self._mirror()
+                self._mirror(ledger)
                 if self.result.ok and not self.empty:
-                    self._verify()
-                self._count()
+                    self._verify(ledger)
+        except TimedOut as exc:
+            self.result.problems.add(Problem(text=str(exc), cause=TIMED_OUT), first=True)
+            self.result.note = "stopped by MIRROR_RECONCILE_TIMEOUT: the counts are what mc had "
+            self.result.note += "started; the next run copies what is still missing"
+        except UnreadableRecord as exc:
+            self.result.problems.add(Problem(text=str(exc), cause=MC_OUTPUT_UNREADABLE))
         finally:
+            if not self.settings.dry_run:
+                self.result.copied, self.result.bytes = ledger.copied()
+            ledger.close()
             self.result.duration_s = time.monotonic() - started
         return self.result
+
+    def _stream(self, args: list[str], handle: Callable[[Record], None]) -> McRun:
+        """Run mc and hand each record to `handle` as it arrives; mc is stopped if it raises.
+
+        Raises TimedOut when the deadline passed before or while mc ran.
+        """
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimedOut(
+                f"mc {args[0]} not started: the run reached {TIMEOUT_VARIABLE} "
+                f"({duration_text(self.settings.reconcile_timeout_s)})"
+            )
+        with self.mc.run(*args, deadline=self.deadline) as run:
+            for item in mc_output.read(run.stdout):
+                if isinstance(item, str):
+                    log.debug("mc: %s", item)
+                else:
+                    handle(item)
+        if run.timed_out:
+            raise TimedOut(
+                f"mc {args[0]} stopped: the run reached {TIMEOUT_VARIABLE} "
+                f"({duration_text(self.settings.reconcile_timeout_s)})"
+            )
+        return run
 
     def _mirror_args(self) -> list[str]:
         args = ["mirror"]
@@ -178,46 +151,28 @@ class PairJob:
             args += ["--exclude", pattern]
         return [*args, self.source, self.target]
 
-    def _stream(self, args: list[str]) -> tuple[list[mc_output.Record], int, str]:
-        """Run mc, returning its records, exit code and the tail of its stderr."""
-        log.debug("running mc %s", " ".join(args))
-        proc = self.mc.popen(*args)
-        assert proc.stdout is not None and proc.stderr is not None
-        stderr_tail: deque[str] = deque(maxlen=20)
-        drain = threading.Thread(target=_drain, args=(proc.stderr, stderr_tail), daemon=True)
-        drain.start()
-        records: list[mc_output.Record] = []
-        for item in mc_output.read(proc.stdout):
-            log.debug("mc: %s", item)
-            if not isinstance(item, str):
-                records.append(item)
-        code = proc.wait()
-        drain.join()
-        return records, code, "\n".join(stderr_tail)
+    def _mirror(self, ledger: Ledger) -> None:
+        saw_totals = False
 
-    def _mirror(self) -> None:
-        records, code, stderr = self._stream(self._mirror_args())
-        for record in records:
+        def handle(record: Record) -> None:
+            nonlocal saw_totals
             if isinstance(record, Copied):
-                self.announced[source_key(record.source)] = record
+                ledger.announce(source_key(record.source).rstrip("/"), record.size)
             elif isinstance(record, Failure):
-                self._failure(record)
-        if code != 0 and self.result.ok and not self.empty:
-            text = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-            self.result.problems.append(
-                self.problem(f"Mirror process closed with code: {code}. {text}".strip())
+                self._failure(record, ledger)
+            elif isinstance(record, Totals):
+                saw_totals = True
+
+        run = self._stream(self._mirror_args(), handle)
+        if run.code != 0 and self.result.ok and not self.empty:
+            text = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""
+            self.result.problems.add(
+                self.problem(f"Mirror process closed with code: {run.code}. {text}".strip())
             )
-        if self.result.ok and not self.empty and not any(isinstance(r, Totals) for r in records):
-            self.result.problems.append(self.problem("mc ended without its totals line"))
+        if self.result.ok and not self.empty and not saw_totals:
+            self.result.problems.add(self.problem("mc ended without its totals line"))
 
-    def _count(self) -> None:
-        """Copied means announced by mc and neither reported failed nor found missing."""
-        for key, copied in self.announced.items():
-            if key.rstrip("/") not in self.failed_keys:
-                self.result.copied += 1
-                self.result.bytes += copied.size
-
-    def _failure(self, failure: Failure) -> None:
+    def _failure(self, failure: Failure, ledger: Ledger | None = None) -> None:
         text = str(failure)
         subject = failure.subject
         key = source_key(subject) if subject and "://" in subject else None
@@ -228,40 +183,47 @@ class PairJob:
             self.empty = True
             self.result.note = f"nothing under {self.source} yet ({failure.cause})"
             return
-        if key is not None:
-            self.failed_keys.add(key.rstrip("/"))
-        self.result.problems.append(self.problem(text, key, failure.bucket))
+        if key is not None and ledger is not None:
+            ledger.fail(key.rstrip("/"))
+        self.result.problems.add(self.problem(text, key, failure.bucket))
 
-    def _differences(self) -> Iterable[tuple[Difference, str]]:
-        records, code, stderr = self._stream(["diff", self.source, self.target])
-        for record in records:
+    def _differences(self, found: Callable[[Difference, str], None]) -> None:
+        """`mc diff` of the pair: `found(record, key)` for each in-scope source-side difference."""
+
+        def handle(record: Record) -> None:
             if isinstance(record, Failure):
                 self._failure(record)
             elif isinstance(record, Difference) and record.diff != mc_output.ONLY_IN_TARGET:
                 key = source_key(record.first)
                 if self.filter.accepts(key):
-                    yield record, key
-        if code != 0 and self.result.ok:
-            self.result.problems.append(self.problem(f"mc diff closed with code {code}. {stderr}"))
+                    found(record, key)
+
+        run = self._stream(["diff", self.source, self.target], handle)
+        if run.code != 0 and self.result.ok:
+            self.result.problems.add(
+                self.problem(f"mc diff closed with code {run.code}. {run.stderr}".strip())
+            )
 
     def _plan(self) -> None:
         """Dry run: `mc mirror --dry-run` lists nothing per object, so `mc diff` does."""
-        for record, key in self._differences():
-            if record.diff == mc_output.ONLY_IN_SOURCE or self.settings.overwrite:
-                self.result.would_copy.append(key)
-            else:
-                self.result.left_changed.append(key)
 
-    def _verify(self) -> None:
+        def found(record: Difference, key: str) -> None:
+            if record.diff == mc_output.ONLY_IN_SOURCE or self.settings.overwrite:
+                self.result.would_copy.add(key)
+            else:
+                self.result.left_changed.add(key)
+
+        self._differences(found)
+
+    def _verify(self, ledger: Ledger) -> None:
         """After a real run, anything in scope that still differs was not copied."""
-        left = set(self.result.left_changed)
-        for record, key in self._differences():
+
+        def found(record: Difference, key: str) -> None:
             if record.diff != mc_output.ONLY_IN_SOURCE and not self.settings.overwrite:
-                if key not in left:
-                    self.result.left_changed.append(key)
-                continue
-            self.failed_keys.add(key.rstrip("/"))
-            self.result.problems.append(
+                self.result.left_changed.add(key)
+                return
+            ledger.fail(key.rstrip("/"))
+            self.result.problems.add(
                 Problem(
                     text=f"`{key}` is not on the target after mc mirror (mc reported no error "
                     "for it; an upload refused with AccessDenied looks like this)",
@@ -271,25 +233,25 @@ class PairJob:
                 )
             )
 
-
-def _drain(stream: Iterable[str], tail: deque[str]) -> None:
-    for line in stream:
-        log.debug("mc stderr: %s", line.rstrip())
-        tail.append(line.rstrip())
+        self._differences(found)
 
 
 def reconcile(settings: Settings) -> RunResult:
-    """Mirror every pair, at most settings.max_pairs at once; never raises for a pair."""
+    """Mirror every pair, at most settings.max_pairs at once, by the run's deadline.
+
+    Never raises for a pair: a pair that fails, crashes or runs out of time is reported.
+    """
     started = time.monotonic()
+    deadline = started + settings.reconcile_timeout_s
 
     def one(pair: BucketPair) -> PairResult:
         with session(settings) as mc:
-            job = PairJob(mc, settings, pair)
+            job = PairJob(mc, settings, pair, deadline)
             try:
                 return job.run()
             except Exception as exc:  # one pair's crash must not stop the others
                 log.exception("pair %s failed", pair)
-                job.result.problems.append(job.problem(f"{type(exc).__name__}: {exc}"))
+                job.result.problems.add(job.problem(f"{type(exc).__name__}: {exc}"))
                 return job.result
 
     with ThreadPoolExecutor(max_workers=settings.max_pairs, thread_name_prefix="pair") as pool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from .runner import PairResult, RunResult
+from .result import PairResult, RunResult, Sample
 
-_SHOWN = 10  # keys listed per pair before "... and N more"
+_SHOWN = 10  # keys and errors listed per pair before "... and N more"
 
 
 def human_bytes(size: float) -> str:
@@ -17,19 +17,19 @@ def human_bytes(size: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _keys(title: str, keys: list[str]) -> list[str]:
-    lines = [f"    {title}:"] + [f"      {key}" for key in keys[:_SHOWN]]
-    if len(keys) > _SHOWN:
-        lines.append(f"      ... and {len(keys) - _SHOWN} more")
+def _keys(title: str, keys: Sample[str]) -> list[str]:
+    lines = [f"    {title}:"] + [f"      {key}" for key in keys.items[:_SHOWN]]
+    if keys.count > _SHOWN:
+        lines.append(f"      ... and {keys.count - _SHOWN} more")
     return lines
 
 
 def pair_outcome(pair: PairResult) -> str:
     """One phrase: what happened to this pair."""
     if not pair.ok:
-        return f"FAILED ({len(pair.problems)} error(s)); copied {pair.copied}"
+        return f"FAILED ({pair.problems.count} error(s)); copied {pair.copied}"
     if pair.dry_run:
-        return f"dry run: would copy {len(pair.would_copy)} object(s), copied nothing"
+        return f"dry run: would copy {pair.would_copy.count} object(s), copied nothing"
     if pair.copied:
         return f"copied {pair.copied} object(s), {human_bytes(pair.bytes)}"
     return "nothing to copy: the target is up to date"
@@ -49,21 +49,21 @@ def render_text(run: RunResult) -> str:
         lines.append(f"  [{mark}] {pair.pair}: {pair_outcome(pair)}")
         if pair.note:
             lines.append(f"    note: {pair.note}")
-        if pair.would_copy:
+        if pair.would_copy.count:
             lines += _keys("would copy", pair.would_copy)
-        if pair.left_changed:
+        if pair.left_changed.count:
             lines += _keys(
                 "changed on the source but left on the target (MIRROR_OVERWRITE=false)",
                 pair.left_changed,
             )
-        for problem in pair.problems[:_SHOWN]:
+        for problem in pair.problems.items[:_SHOWN]:
             where = f" [{problem.side}]" if problem.side else ""
             lines.append(f"    error{where}: {problem.text}")
             detail = f" ({problem.detail})" if problem.detail else ""
             lines.append(f"      cause: {problem.cause.title}: {problem.cause.meaning}{detail}")
             lines += [f"      hint: {hint}" for hint in problem.cause.hints]
-        if len(pair.problems) > _SHOWN:
-            lines.append(f"    ... and {len(pair.problems) - _SHOWN} more error(s)")
+        if pair.problems.count > _SHOWN:
+            lines.append(f"    ... and {pair.problems.count - _SHOWN} more error(s)")
     return "\n".join(lines)
 
 

@@ -58,6 +58,25 @@ OBJECT_DOES_NOT_EXIST = Cause(
         "check whether the object was deleted or moved",
     ),
 )
+TIMED_OUT = Cause(
+    "Run timed out",
+    "the run reached MIRROR_RECONCILE_TIMEOUT and mc was stopped",
+    (
+        "raise MIRROR_RECONCILE_TIMEOUT for a large first run (and the CronJob's "
+        "activeDeadlineSeconds with it)",
+        "scope nightly runs with MIRROR_PREFIX",
+        "check the bandwidth between here and both endpoints",
+        "the next run copies what is still missing",
+    ),
+)
+MC_OUTPUT_UNREADABLE = Cause(
+    "mc output not understood",
+    "mc printed a record this tool cannot read, so the pair's result is unknown",
+    (
+        "run the mc version the image pins (`minio-s3-mirror check` shows it)",
+        "report the record shown with the error",
+    ),
+)
 
 # Order matters: a wrong secret on the source also says "Unable to stat source".
 _RULES: tuple[tuple[re.Pattern[str], Cause, str], ...] = tuple(

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import CLI, base_env
 
 pytestmark = pytest.mark.integration
 
@@ -273,6 +278,10 @@ def test_unreachable_endpoint_names_the_cause_and_hint(stack, buckets, run_cli):
         ({"BUCKET_PAIR": "s3/source:aws/destination"}, "BUCKET_PAIR"),
         ({"MIRROR_DRY_RUN": "maybe"}, "MIRROR_DRY_RUN"),
         ({"MIRROR_MAX_WORKERS": "many"}, "MIRROR_MAX_WORKERS"),
+        ({"MIRROR_RECONCILE_TIMEOUT": "forever"}, "MIRROR_RECONCILE_TIMEOUT"),
+        ({"MIRROR_RECONCILE_TIMEOUT": "0"}, "MIRROR_RECONCILE_TIMEOUT"),
+        ({"MIRROR_RECONCILE_TIMEOUT": "8d"}, "MIRROR_RECONCILE_TIMEOUT"),
+        ({"MIRROR_RECONCILE_TIMEOUT": "1.5h"}, "MIRROR_RECONCILE_TIMEOUT"),
     ],
 )
 def test_bad_input_exits_2_naming_the_variable(run_cli, env, variable):
@@ -346,3 +355,181 @@ def test_slack_error_leaves_the_exit_code_as_is(stack, buckets, run_cli, slack, 
 
     assert result.returncode == (1 if broken_source else 0), result.stdout + result.stderr
     assert "channel_not_found" in result.stderr
+
+
+# Stub mc: these tests are about our reader and our process handling, not mc, so a small
+# script on MC_BINARY prints what the pinned mc prints (lines as captured in
+# tests/replicator/data/mc/) and records what it was given.
+
+MANY = 200_000
+RSS_LIMIT_KIB = 100 * 1024
+
+
+def stub_mc(tmp_path: Path, mirror: str, name: str = "stub-mc") -> Path:
+    """A Python MC_BINARY: dumps its environment and argv, runs `mirror` for `mc mirror`;
+    `mc diff` prints nothing (nothing left to copy)."""
+    path = tmp_path / name
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys, time\n"
+        f"with open({str(tmp_path / 'mc-env.json')!r}, 'a') as f:\n"
+        "    f.write(json.dumps({'argv': sys.argv, 'env': dict(os.environ)}) + '\\n')\n"
+        "if sys.argv[1] == 'mirror':\n" + "".join(f"    {line}\n" for line in mirror.splitlines())
+    )
+    path.chmod(0o755)
+    return path
+
+
+def announcing(count: int, size: int) -> str:
+    """Stub body: `count` announcements like the real mc's, then its totals line."""
+    return (
+        "w = sys.stdout.write\n"
+        f"for i in range({count}):\n"
+        "    key = f'2025/01/22/sensor-{i:07d}.parquet'\n"
+        "    w(json.dumps({'status': 'success', 'source': 'minio/src1/' + key,"
+        f" 'target': 'aws/cap1/' + key, 'size': {size}, 'totalCount': i + 1,"
+        f" 'totalSize': (i + 1) * {size}, 'eventTime': '', 'eventType': ''}}) + '\\n')\n"
+        f"w(json.dumps({{'status': 'success', 'total': {count * size},"
+        f" 'transferred': {count * size}, 'duration': 1000, 'speed': 1.0}}) + '\\n')\n"
+    )
+
+
+def hanging(tmp_path: Path, first_line: str) -> str:
+    """Stub body: start a child that holds mc's output, print one line, hang."""
+    pid_file = tmp_path / "child.pid"
+    return (
+        "import subprocess\n"
+        "child = subprocess.Popen(['sleep', '600'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        f"print({first_line!r}, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+
+
+def gone(pid: int, within_s: float = 15.0) -> bool:
+    """The process has exited (a zombie awaiting its reaper counts as gone)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        if stat_line.rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+_PEAK_RSS = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_200k_objects_stay_under_100_mib_and_are_all_counted(stack, tmp_path):
+    """Memory must not grow with the object count (the 512Mi CronJob used to run out)."""
+    mc = stub_mc(tmp_path, announcing(MANY, 1000))
+    env = {**base_env(stack), "BUCKET_PAIR": pair("src1", "cap1"), "MC_BINARY": str(mc)}
+    env.pop("SLACK_BOT_TOKEN")
+    # A launcher runs the real CLI and reports the peak RSS of its largest child: the CLI
+    # (the stub mc is a small Python process).
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, CLI, "reconcile", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    (counted,) = summary(result)["pairs"]
+    assert (counted["copied"], counted["bytes"]) == (MANY, MANY * 1000)
+    peak_kib = int(result.stderr.strip().splitlines()[-1])
+    assert peak_kib < RSS_LIMIT_KIB, f"peak RSS {peak_kib / 1024:.0f} MiB for {MANY} objects"
+
+
+def test_mc_environment_holds_only_its_own_credentials(stack, run_cli, tmp_path, slack):
+    mc = stub_mc(tmp_path, announcing(3, 10))
+    env = stack.env()
+    own = {"MINIO_SECRET_KEY": env["MINIO_SECRET_KEY"], "AWS_SECRET_KEY": env["AWS_SECRET_KEY"]}
+    others = {  # secrets of this process that mc must never see
+        "SLACK_BOT_TOKEN": env["SLACK_BOT_TOKEN"],
+        "WEBHOOK_AUTH_TOKEN": "webhook-token-never-for-mc",
+        "RABBITMQ_URL": "amqp://mirror:rabbit-password-never-for-mc@127.0.0.1:5672/%2F",
+        "UNRELATED_SECRET": "unrelated-value-never-for-mc",
+    }
+
+    result = run_cli(
+        "reconcile",
+        env={"BUCKET_PAIR": pair("src1", "cap1"), "MC_BINARY": str(mc), **others},
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [json.loads(line) for line in (tmp_path / "mc-env.json").read_text().splitlines()]
+    assert [r["argv"][1] for r in runs] == ["mirror", "diff"]
+    for run in runs:
+        seen = run["env"]
+        assert {"MC_HOST_minio", "MC_HOST_aws"} <= set(seen)
+        assert set(seen) <= {"PATH", "HOME", "LANG", "LC_CTYPE", "MC_HOST_minio", "MC_HOST_aws"}
+        assert own["MINIO_SECRET_KEY"] in seen["MC_HOST_minio"]
+        assert own["AWS_SECRET_KEY"] in seen["MC_HOST_aws"]
+        outside = json.dumps({k: v for k, v in seen.items() if not k.startswith("MC_HOST_")})
+        everywhere = json.dumps(seen)
+        for name, value in own.items():
+            assert value not in outside, name
+        for name, value in {**others, "rabbit": "rabbit-password-never-for-mc"}.items():
+            assert value not in everywhere, name
+
+
+ANNOUNCED = json.dumps(
+    {"status": "success", "source": "minio/src1/a", "target": "aws/cap1/a", "size": 1}
+)
+
+
+def test_timeout_stops_a_hanging_mc_and_reports_every_pair(stack, run_cli, tmp_path, slack):
+    mc = stub_mc(tmp_path, hanging(tmp_path, ANNOUNCED))
+    pairs = [pair("src1", "cap1"), pair("src2", "cap2")]
+
+    result = run_cli(
+        "reconcile",
+        env={
+            "BUCKET_PAIRS": ";".join(pairs),
+            "MC_BINARY": str(mc),
+            "MIRROR_MAX_PAIRS": "1",  # the second pair waits: the deadline passes first
+            "MIRROR_RECONCILE_TIMEOUT": "3s",
+        },
+        timeout=120,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "2 pair(s), 2 failed" in result.stdout
+    assert "mc mirror stopped: the run reached MIRROR_RECONCILE_TIMEOUT (3s)" in result.stdout
+    assert "mc mirror not started: the run reached MIRROR_RECONCILE_TIMEOUT (3s)" in result.stdout
+    assert "cause: Run timed out" in result.stdout
+    assert gone(int((tmp_path / "child.pid").read_text())), "mc's child survived the timeout"
+    (message,) = slack.messages()
+    assert "FAILED" in message["text"]
+    assert "Run timed out: mc mirror stopped" in json.dumps(message["blocks"])
+
+
+def test_unreadable_mc_output_stops_mc_and_fails_the_pair(stack, run_cli, tmp_path):
+    bad = json.dumps(
+        {"status": "success", "source": "minio/src1/a", "target": "aws/cap1/a", "size": "1 KiB"}
+    )
+    mc = stub_mc(tmp_path, hanging(tmp_path, bad))
+
+    # No timeout to rescue it: only stopping mc when reading fails ends this run.
+    result = run_cli(
+        "reconcile",
+        env={"BUCKET_PAIR": pair("src1", "cap1"), "MC_BINARY": str(mc)},
+        timeout=120,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "mc printed a record this tool cannot read" in result.stdout
+    assert "cause: mc output not understood" in result.stdout
+    assert gone(int((tmp_path / "child.pid").read_text())), "mc's child survived"

@@ -90,3 +90,19 @@ def test_text_that_is_not_json_passes_through():
 
 def test_truncated_stream_is_returned_as_text():
     assert list(mc_output.read(['{"status":"success","tot'])) == ['{"status":"success","tot']
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"status":"success","source":"minio/a/k","target":"aws/b/k","size":"big"}',
+        '{"status":"success","source":7,"target":"aws/b/k","size":1}',
+        '{"status":"error","error":"a string where an object belongs"}',
+        '{"status":"success","first":"http://h/a/k","second":"http://h/b/k","diff":"two"}',
+    ],
+)
+def test_a_record_of_unexpected_shape_raises_unreadable_record(line):
+    stream = mc_output.read([line + "\n", '{"status":"success","total":0,"transferred":0}\n'])
+    with pytest.raises(mc_output.UnreadableRecord, match="cannot read") as caught:
+        list(stream)
+    assert line[:60] in str(caught.value)
