@@ -10,10 +10,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from replicator import config
 from tests.deploy.conftest import REPO
 
 KUBE = REPO / "deploy" / "kubernetes"
-TARGETS = ["base", "overlays/rabbitmq-cluster", "overlays/keda"]
+TARGETS = ["base", "overlays/rabbitmq-cluster", "overlays/keda", "overlays/irsa"]
 CUSTOM_KINDS = {"RabbitmqCluster", "ScaledObject", "TriggerAuthentication"}  # no built-in schema
 
 
@@ -78,6 +79,25 @@ def test_reconcile_cronjob_is_the_seed_nightly_job():
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["reconcile"]
+
+
+def test_reconcile_deadline_is_a_little_above_the_run_timeout():
+    """MIRROR_RECONCILE_TIMEOUT stops mc and reports; activeDeadlineSeconds ends a run that
+    could not, so a hung run never blocks later nights (concurrencyPolicy: Forbid)."""
+    objects = render("base")
+    (cron,) = by_kind(objects, "CronJob").values()
+    (configmap,) = by_kind(objects, "ConfigMap").values()
+    job = cron["spec"]["jobTemplate"]["spec"]
+    (container,) = job["template"]["spec"]["containers"]
+    given = {e["name"]: e["value"] for e in container.get("env", [])}
+    value = given.get("MIRROR_RECONCILE_TIMEOUT", configmap["data"].get("MIRROR_RECONCILE_TIMEOUT"))
+    parse = config.parse_duration(1, config.MAX_RECONCILE_TIMEOUT_S, "6h")
+    timeout = parse("MIRROR_RECONCILE_TIMEOUT", value) if value else config.RECONCILE_TIMEOUT_S
+
+    deadline = job["activeDeadlineSeconds"]
+
+    assert timeout + 60 <= deadline <= timeout + 3600, (timeout, deadline)
+    assert deadline < 24 * 3600, "a run must end before the next night's"
 
 
 def test_worker_probes_and_grace_period():
