@@ -282,11 +282,6 @@ def parse_duration(low: int, high: int, example: str) -> Callable[[str, str], in
     return parse
 
 
-def parse_positive_int(name: str, value: str) -> int:
-    """Kept for callers without a natural bound; prefer parse_int_range with a real one."""
-    return parse_int_range(1, 1_000_000, 10)(name, value)
-
-
 def parse_workers(name: str, value: str) -> int | None:
     if value.lower() == "auto":
         return None
