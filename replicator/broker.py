@@ -80,8 +80,9 @@ def quiet_pika() -> None:
 
 def describe(exc: BaseException) -> str:
     """One short line for a connection failure (pika's own reprs can be long)."""
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
+    if isinstance(exc, pika.exceptions.AMQPError):  # pika's repr holds the cause, str not
+        return repr(exc)[:300]
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 class Publisher:
