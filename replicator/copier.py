@@ -36,7 +36,8 @@ MiB = 1024 * 1024
 PART_SIZE = 8 * MiB
 MULTIPART_THRESHOLD = 16 * MiB
 MAX_PARTS = 10_000
-PART_BUDGET = 8  # part buffers in memory at once, for the whole process
+PART_BUDGET = 8 * PART_SIZE  # bytes of parts in memory at once, for the whole process
+PART_THREADS = 8
 PARTS_PER_UPLOAD = 4  # parts of one object in flight at once
 PART_TRIES = 3
 CHASES = 5  # how often to follow a source that keeps changing before giving up
@@ -75,6 +76,27 @@ class KeyLocks:
                     self.locks[key] = (lock, users - 1)
 
 
+class Budget:
+    """Bytes of part buffers the process may hold at once. A part larger than the whole
+    budget (objects above ~78 GiB have parts above 8 MiB) waits until it is alone."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.used = total, 0
+        self.changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        with self.changed:
+            self.changed.wait_for(lambda: self.used == 0 or self.used + size <= self.total)
+            self.used += size
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.used -= size
+                self.changed.notify_all()
+
+
 def fingerprint(head: Head) -> str:
     """A short digest of what travels with the bytes: a metadata-only change alters it."""
     metadata = {k: v for k, v in head.metadata.items() if k not in OURS}
@@ -103,8 +125,8 @@ class Copier:
         self.source = S3(settings.source, settings, "source", pool)
         self.target = S3(settings.target, settings, "target", pool)
         self.locks = KeyLocks()
-        self.buffers = threading.BoundedSemaphore(PART_BUDGET)
-        self.parts = ThreadPoolExecutor(PART_BUDGET, thread_name_prefix="part")
+        self.buffers = Budget(PART_BUDGET)
+        self.parts = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="part")
 
     def copy(self, task: Task) -> Outcome:
         """Copy (or, for a removal, delete) one task's object for every pair it belongs
@@ -260,7 +282,7 @@ class Copier:
         )
 
         def one(number: int, start: int, end: int) -> dict[str, object]:
-            with self.buffers:
+            with self.buffers.hold(end - start + 1):
                 body = self._read(task, source, start, end)
                 part = self.target.multipart(
                     "upload_part",

@@ -63,6 +63,8 @@ _MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 _REGION = re.compile(r"<Region>([^<]+)</Region>")
 _UNSAFE_SEGMENTS = frozenset({"", ".", ".."})
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_CONNECT_FAILURES = ("tcp connect error", "dns error", "kind: Connect,", "ConnectTimeout")
+_CAUSE = re.compile(r'(?:kind: \w+, |ConnectError\(\s*|message: )"([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -419,9 +421,13 @@ class S3:
             message = m.group(1) if (m := _MESSAGE.search(text)) else ""
             region = m.group(1) if (m := _REGION.search(text)) else ""
             return errors.answer(self.side, _code(exc), status, message, region)
-        if "error sending request" in text or "dns error" in text or "onnect" in text:
-            return errors.down(self.side, text.split("\n", 1)[0][:300])
-        return errors.broken(self.side, text.split("\n", 1)[0][:300])
+        # obstore's message ends in its cause chain: a failed connect (refused, DNS, connect
+        # timeout) may mean the endpoint is down; anything after it is this request's.
+        detail = _CAUSE.findall(text)
+        cause = detail[-1] if detail else text.split("\n", 1)[0][:300]
+        if any(sign in text for sign in _CONNECT_FAILURES):
+            return errors.down(self.side, cause)
+        return errors.broken(self.side, cause)
 
     def _connection(self, netloc: str = "") -> http.client.HTTPConnection:
         """This thread's keep-alive connection to the endpoint (or to a bucket's host)."""

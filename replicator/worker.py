@@ -336,7 +336,7 @@ class Worker:
             route = topology.retry_route(self.limits.tiers[decision.tier])
             self._republish(channel, topology.EXCHANGE, route, delivery.body, headers)
             return
-        log.error("dead-lettered after %d delayed retries: %s", decision.attempt, decision.reason)
+        log.error("dead-lettered: %s", decision.reason)
         self.digest.add(delivery.subject or "(unreadable message)", decision.reason)
         self._republish(channel, topology.DLX, "", delivery.body, headers)
 

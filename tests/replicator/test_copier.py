@@ -397,3 +397,31 @@ def test_a_re_create_racing_a_delete_always_wins(stack, pair):
     outcome = DeleteInterrupted(settings, re_created).copy(removal(src, "k"))
     assert not outcome.deleted
     assert body(stack, dst, "k") == b"new"
+
+
+def test_the_part_budget_bounds_bytes_in_memory_and_lets_a_huge_part_through_alone():
+    import threading
+    import time
+
+    from replicator.copier import Budget
+
+    budget, peak, lock = Budget(100), [0], threading.Lock()
+    live = [0]
+
+    def part(size: int) -> None:
+        with budget.hold(size):
+            with lock:
+                live[0] += size
+                peak[0] = max(peak[0], live[0])
+            time.sleep(0.01)
+            with lock:
+                live[0] -= size
+
+    sizes = [30] * 20 + [250] + [30] * 5
+    threads = [threading.Thread(target=part, args=(n,)) for n in sizes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert peak[0] == 250  # the huge part ran alone; otherwise at most 90 (3 x 30)
