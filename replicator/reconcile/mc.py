@@ -6,9 +6,9 @@ on the command line (visible in `ps`) or left on disk. mc's environment is built
 scratch: locale, PATH, HOME, network settings it needs (proxies, CA locations) and its
 own two `MC_HOST_*`, nothing else of ours (no Slack, webhook or RabbitMQ secret).
 
-Each run is its own process group. At the run's deadline, or when reading its output
-fails, the whole group is stopped (SIGTERM, then SIGKILL) and reaped, so a wrapper
-script cannot leave a real mc behind.
+Each run is its own process group. At the run's deadline, when reading its output
+fails, or when this process is interrupted (stop_all), the whole group is stopped
+(SIGTERM, then SIGKILL) and reaped, so a wrapper script cannot leave a real mc behind.
 """
 
 from __future__ import annotations
@@ -53,10 +53,17 @@ PASSED_VARIABLES = frozenset(
 )
 STOP_GRACE_S = 3.0  # between SIGTERM and SIGKILL
 _STDERR_LINES = 20
+_running: set[McRun] = set()  # every mc not yet reaped, for stop_all()
+_running_lock = threading.Lock()
+_interrupted = threading.Event()  # set by stop_all(): no new mc starts
 
 
 class McMissing(RuntimeError):
     pass
+
+
+class Interrupted(RuntimeError):
+    """This process is being interrupted: no mc is started any more."""
 
 
 def host_variable(endpoint: Endpoint) -> str:
@@ -93,17 +100,21 @@ class McRun:
     """
 
     def __init__(self, command: list[str], env: dict[str, str], deadline: float | None) -> None:
-        self.proc = subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            start_new_session=True,  # its own process group, stopped as a whole
-        )
+        with _running_lock:
+            if _interrupted.is_set():
+                raise Interrupted("interrupted: mc not started")
+            self.proc = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                start_new_session=True,  # its own process group, stopped as a whole
+            )
+            _running.add(self)
         self.code: int | None = None
         self.timed_out = False
         self._lock = threading.Lock()
@@ -155,6 +166,8 @@ class McRun:
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream is not None:
                     stream.close()
+            with _running_lock:
+                _running.discard(self)
 
     def _expire(self) -> None:
         with self._lock:
@@ -175,6 +188,18 @@ class McRun:
             self.proc.wait(STOP_GRACE_S)
         _signal_group(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
         self.proc.wait()
+
+
+def stop_all() -> None:
+    """Stop every running mc (this process is being interrupted), in parallel."""
+    with _running_lock:
+        _interrupted.set()
+        runs = list(_running)
+    stoppers = [threading.Thread(target=run.stop, name="mc-stop") for run in runs]
+    for stopper in stoppers:
+        stopper.start()
+    for stopper in stoppers:
+        stopper.join()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -13,15 +13,18 @@ running mc is stopped and its pair reported failed.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from ..config import SOURCE_ALIAS, TARGET_ALIAS, BucketPair, Settings
 from ..filters import KeyFilter
 from . import mc_output
 from .ledger import Ledger
-from .mc import Mc, McRun, session
+from .mc import Interrupted, Mc, McRun, session, stop_all
 from .mc_output import Copied, Difference, Failure, Record, Totals, UnreadableRecord
 from .result import PairResult, Problem, RunResult
 from .troubleshoot import FAILED_TO_ACCESS_ALIAS, MC_OUTPUT_UNREADABLE, TIMED_OUT, diagnose
@@ -107,6 +110,8 @@ class PairJob:
             self.result.note += "started; the next run copies what is still missing"
         except UnreadableRecord as exc:
             self.result.problems.add(Problem(text=str(exc), cause=MC_OUTPUT_UNREADABLE))
+        except Interrupted as exc:
+            self.result.problems.add(self.problem(str(exc)))
         finally:
             if not self.settings.dry_run:
                 self.result.copied, self.result.bytes = ledger.copied()
@@ -254,11 +259,38 @@ def reconcile(settings: Settings) -> RunResult:
                 job.result.problems.add(job.problem(f"{type(exc).__name__}: {exc}"))
                 return job.result
 
-    with ThreadPoolExecutor(max_workers=settings.max_pairs, thread_name_prefix="pair") as pool:
-        results = list(pool.map(one, settings.pairs))
+    with (
+        _terminate_as_exit(),
+        ThreadPoolExecutor(max_workers=settings.max_pairs, thread_name_prefix="pair") as pool,
+    ):
+        try:
+            results = list(pool.map(one, settings.pairs))
+        except BaseException:  # Ctrl-C or SIGTERM: no mc outlives this process
+            log.warning("interrupted: stopping every running mc")
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_all()
+            raise
     return RunResult(
         service=settings.service,
         dry_run=settings.dry_run,
         pairs=results,
         duration_s=time.monotonic() - started,
     )
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) in the main thread while the run lasts, like Ctrl-C
+    raises KeyboardInterrupt, so mc (in its own process group) is stopped either way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_term(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

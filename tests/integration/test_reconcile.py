@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -533,3 +534,28 @@ def test_unreadable_mc_output_stops_mc_and_fails_the_pair(stack, run_cli, tmp_pa
     assert "mc printed a record this tool cannot read" in result.stdout
     assert "cause: mc output not understood" in result.stdout
     assert gone(int((tmp_path / "child.pid").read_text())), "mc's child survived"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 1)])
+def test_interrupting_reconcile_stops_mc(stack, tmp_path, sig, code):
+    """mc runs in its own process group, so our signal must be passed on: nothing outlives us."""
+    mc = stub_mc(tmp_path, hanging(tmp_path, ANNOUNCED))
+    env = {**base_env(stack), "BUCKET_PAIR": pair("src1", "cap1"), "MC_BINARY": str(mc)}
+    cli = subprocess.Popen(
+        [CLI, "reconcile"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        pid_file = tmp_path / "child.pid"
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+
+        cli.send_signal(sig)
+        _, stderr = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+
+    assert cli.returncode == code, stderr
+    assert "interrupted: stopping every running mc" in stderr
+    assert gone(child), "mc's child outlived the interrupted run"
