@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from botocore.exceptions import ClientError
 from . import broker, slack, topology
 from .config import Settings
 from .reconcile import troubleshoot
-from .reconcile.mc import McMissing, find_binary
+from .reconcile.mc import McMissing, find_binary, plain_environment
 from .s3 import client
 
 PROBE_PREFIX = ".minio-s3-mirror-check/"
@@ -115,7 +116,13 @@ def slack_check(settings: Settings) -> Check:
 def mc_check() -> Check:
     try:
         path = find_binary()
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [path, "--version"],
+            env=plain_environment(os.environ),  # no secret of ours for mc
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (McMissing, OSError, subprocess.TimeoutExpired) as exc:
         return Check("mc", "FAIL", str(exc), ("install mc (the image has it) or set MC_BINARY",))
     version = (out.stdout.strip().splitlines() or ["?"])[0]

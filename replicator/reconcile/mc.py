@@ -81,10 +81,16 @@ def find_binary() -> str:
     return path
 
 
-def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
-    """mc's whole environment: the passed variables, LC_*, and its own MC_HOST_*."""
+def plain_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The passed variables and LC_* only: mc's environment before its credentials."""
     env = {k: v for k, v in environ.items() if k in PASSED_VARIABLES or k.startswith("LC_")}
     env.setdefault("PATH", os.defpath)
+    return env
+
+
+def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """mc's whole environment: the passed variables, LC_*, and its own MC_HOST_*."""
+    env = plain_environment(environ)
     env[f"MC_HOST_{SOURCE_ALIAS}"] = host_variable(settings.source)
     if settings.target:
         env[f"MC_HOST_{TARGET_ALIAS}"] = host_variable(settings.target)
