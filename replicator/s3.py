@@ -17,6 +17,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 _SIGNED_FOR = dt.timedelta(minutes=15)
 _CREDENTIALS_FOR = dt.timedelta(minutes=5)
+_BUCKET_SEEN_S = 60.0
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
@@ -110,6 +112,7 @@ class S3:
         self.session = _session(endpoint)
         self.boto = self._boto(pool)
         self._stores: dict[str, S3Store] = {}
+        self._buckets_seen: dict[str, float] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -199,7 +202,10 @@ class S3:
             return self._boto_head(bucket, key)
         if self.side == "source":
             status, headers, _ = self._raw("HEAD", bucket, key)
-            return None if status == 404 else _head_from_http(headers)
+            if status == 404:
+                self._bucket_exists(bucket)
+                return None
+            return _head_from_http(headers)
         try:
             got = obstore.get(self.store(bucket), key, options={"head": True})
         except FileNotFoundError as exc:
@@ -300,6 +306,21 @@ class S3:
 
     # ---- probes and listings ------------------------------------------------------
 
+    def _bucket_exists(self, bucket: str) -> None:
+        """A HEAD's 404 has no body to say whether the key or the bucket is missing: ask
+        the bucket (a yes is remembered for a minute, so removals don't pay each time)."""
+        if time.monotonic() - self._buckets_seen.get(bucket, -_BUCKET_SEEN_S) < _BUCKET_SEEN_S:
+            return
+        try:
+            self.boto.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if _boto_status(exc) == 404:
+                raise errors.answer(self.side, "NoSuchBucket", 404, bucket) from exc
+            raise self.boto_error(exc) from exc
+        except Exception as exc:
+            raise self.boto_error(exc) from exc
+        self._buckets_seen[bucket] = time.monotonic()
+
     def probe(self, bucket: str) -> bool:
         """Whether the endpoint answers at all (an error answer counts: it is up)."""
         try:
@@ -339,27 +360,12 @@ class S3:
         else:
             base = f"{url.scheme}://{url.netloc}/{quote(bucket)}"
         request = AWSRequest("GET", f"{base}?{urlencode(query, quote_via=quote)}")
-        credentials = self.boto._request_signer._credentials.get_frozen_credentials()
+        credentials = self.session.get_credentials().get_frozen_credentials()
         S3SigV4Auth(credentials, "s3", self.region).add_auth(request)
-        conn = self._connection(urlsplit(base).netloc)
-        try:
-            conn.request("GET", request.url[len(f"{url.scheme}://{urlsplit(base).netloc}") :],
-                         headers=dict(request.headers.items()))  # fmt: skip
-            response = conn.getresponse()
-            body = response.read()
-        except (ConnectionRefusedError, socket.gaierror) as exc:
-            conn.close()
-            raise errors.down(self.side, repr(exc)) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise errors.broken(self.side, repr(exc)) from exc
-        if response.status >= 300:
-            text = body.decode(errors="replace")
-            code = m.group(1) if (m := _CODE.search(text)) else str(response.status)
-            message = m.group(1) if (m := _MESSAGE.search(text)) else response.reason
-            region = response.headers.get("x-amz-bucket-region", "")
-            raise errors.answer(self.side, code, response.status, message, region)
-        return body
+        status, _, body = self._send("GET", urlsplit(request.url), dict(request.headers.items()))
+        if status == 404:
+            raise errors.answer(self.side, "NoSuchBucket", 404, bucket)
+        return body or b""
 
     # ---- boto3 paths --------------------------------------------------------------
 
@@ -374,6 +380,8 @@ class S3:
             return _head_from_boto(self.boto.head_object(Bucket=bucket, Key=key))
         except ClientError as exc:
             if _boto_status(exc) == 404:
+                if self.side == "source":
+                    self._bucket_exists(bucket)
                 return None
             raise self.boto_error(exc) from exc
         except Exception as exc:
@@ -455,16 +463,22 @@ class S3:
     def _raw(
         self, method: str, bucket: str, key: str, limit: int = 0
     ) -> tuple[int, http.client.HTTPMessage, bytes | None]:
-        """A presigned request on this thread's connection; S3 errors raise, 404 returns."""
+        """A request presigned by obstore; S3 errors raise, a missing key returns 404."""
         url = urlsplit(obstore.sign(self.store(bucket), method, key, _SIGNED_FOR))
-        conn = self._connection()
+        return self._send(method, url, {}, limit)
+
+    def _send(
+        self, method: str, url: Any, headers: dict[str, str], limit: int = -1
+    ) -> tuple[int, http.client.HTTPMessage, bytes | None]:
+        """One request on this thread's keep-alive connection to the URL's host. A body
+        above `limit` (when >= 0) is not read: the caller reads it in parts."""
+        conn = self._connection(url.netloc)
         try:
-            conn.request(method, f"{url.path}?{url.query}")
+            conn.request(method, f"{url.path}?{url.query}", headers=headers)
             response = conn.getresponse()
-            if response.status >= 300 or method == "HEAD":
-                body = response.read()
-            elif response.length is not None and response.length > limit:
-                conn.close()  # large: read in parts later; don't drain the stream
+            large = response.length is not None and response.length > limit >= 0
+            if response.status < 300 and method == "GET" and large:
+                conn.close()  # don't drain the stream
                 body = None
             else:
                 body = response.read()

@@ -71,9 +71,16 @@ def test_head_and_get_see_every_header_and_a_missing_key(stack, source):
 
 def test_a_missing_bucket_is_permanent_not_a_missing_key(stack, source):
     _, s3 = source
-    with pytest.raises(Exception) as raised:
-        s3.get("no-such-bucket-here", "k", limit=10)
-    assert raised.value.kind is Kind.PERMANENT and "bucket does not exist" in raised.value.reason
+    for call in (
+        lambda: s3.get("no-such-bucket-here", "k", limit=10),
+        lambda: s3.head("no-such-bucket-here", "k"),  # a HEAD's 404 has no error code
+        lambda: s3.head("no-such-bucket-here", "dir/"),  # the boto3 path
+        lambda: list(s3.list("no-such-bucket-here", "")),
+    ):
+        with pytest.raises(Exception) as raised:
+            call()
+        assert raised.value.kind is Kind.PERMANENT, raised.value
+        assert "source bucket does not exist" in raised.value.reason
 
 
 def test_a_down_endpoint_is_typed_down(stack):
