@@ -126,6 +126,8 @@ class Worker:
 
     def handle(self, delivery: Delivery) -> Decision:
         """One delivery to a decision; never raises."""
+        if self.stopping.is_set():  # not started before SIGTERM: back to the queue
+            return Decision("requeue", "worker stopping")
         try:
             attempt = message.attempt(delivery.headers)
             tasks = message.parse(delivery.body)
@@ -221,9 +223,11 @@ class Worker:
             if self._woken:
                 return
             self._woken = True
-        # If the connection is gone, RabbitMQ redelivers the message: nothing to do.
-        with contextlib.suppress(Exception):
+        try:
             connection.add_callback_threadsafe(self._settle)
+        except Exception:  # the connection is gone: RabbitMQ redelivers its messages
+            with self._wake:
+                self._woken = False
 
     # ---- the connection thread ----------------------------------------------------
 
@@ -299,8 +303,8 @@ class Worker:
                 delivery = self._finished.get_nowait()
             except queue.Empty:
                 break
-            if delivery.tag not in self._outstanding or not channel.is_open:
-                continue  # the tag died with its channel; RabbitMQ redelivers
+            if self._outstanding.get(delivery.tag) is not delivery or not channel.is_open:
+                continue  # of a lost channel (tags restart on a new one): RabbitMQ redelivers
             self._act(channel, delivery)
             delivery.settled = True
             finished = True
