@@ -1,0 +1,238 @@
+"""The delete planner and its brake on real listings (source and target MinIO)."""
+
+from __future__ import annotations
+
+import pytest
+
+from replicator import config
+from replicator.deletes import Deleter, Planner
+from replicator.s3 import S3
+from tests.conftest import base_env
+from tests.replicator.test_copier import Requests
+
+
+def settings_for(stack, spec: str, **env: str) -> config.Settings:
+    return config.load(
+        {
+            **base_env(stack),
+            "BUCKET_PAIR": spec,
+            "MIRROR_DELETE": "true",
+            "MIRROR_MAX_DELETE_PERCENT": "100",
+            **env,
+        }
+    )
+
+
+def put(client, bucket: str, *keys: str) -> None:
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+
+
+def target_keys(stack, bucket: str) -> set[str]:
+    pages = stack.target.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def planner(settings: config.Settings) -> Planner:
+    return Planner(
+        settings,
+        S3(settings.source, settings, "source"),
+        S3(settings.target, settings, "target"),
+    )
+
+
+def deleter(settings: config.Settings, *, dry_run: bool = False) -> Deleter:
+    return Deleter(settings, dry_run=dry_run, origin="reconcile", threads=4)
+
+
+@pytest.fixture
+def pair(stack, buckets) -> tuple[str, str]:
+    return buckets("source"), buckets("target")
+
+
+def test_the_merge_maps_target_keys_through_the_pair_paths(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "data/a", "data/c", "data/sub/x", "other/z", "data-x")
+    put(
+        stack.target.client(),
+        dst,
+        "copy/a",
+        "copy/b",
+        "copy/c",
+        "copy/sub/x",
+        "copy/sub/y",
+        "copy-z",  # a neighbour of the pair's folder, not in it
+        "outside/q",
+        "z",
+    )
+    settings = settings_for(stack, f"minio/{src}/data:aws/{dst}/copy")
+    plan = planner(settings).plan(settings.pairs[0])
+    assert plan.refused == ""
+    assert plan.keys == ["copy/b", "copy/sub/y"]
+    assert (plan.count, plan.target_objects, plan.source_objects) == (2, 5, 3)
+    assert [plan.source_key(k) for k in plan.keys] == ["data/b", "data/sub/y"]
+
+    report = deleter(settings).run(settings.pairs[0])
+    assert (report.deleted, report.failed, report.refused) == (2, 0, "")
+    left = {"copy/a", "copy/c", "copy/sub/x", "copy-z", "outside/q", "z"}
+    assert target_keys(stack, dst) == left
+
+
+def test_keys_outside_the_prefix_or_excluded_are_never_deleted(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "2025/keep")
+    put(stack.target.client(), dst, "2025/keep", "2025/gone", "2025/x.tmp", "2024/old", "a.tmp")
+    settings = settings_for(
+        stack, f"minio/{src}:aws/{dst}", MIRROR_PREFIX="2025", MIRROR_EXCLUDE="*.tmp"
+    )
+    plan = planner(settings).plan(settings.pairs[0])
+    assert (plan.keys, plan.target_objects) == (["2025/gone"], 2)
+
+    report = deleter(settings).run(settings.pairs[0])
+    assert report.deleted == 1
+    assert target_keys(stack, dst) == {"2025/keep", "2025/x.tmp", "2024/old", "a.tmp"}
+
+
+def test_an_empty_source_deletes_nothing(stack, pair):
+    src, dst = pair
+    put(stack.target.client(), dst, "a", "b", "c")
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}")
+    report = deleter(settings).run(settings.pairs[0])
+    assert "came back empty" in report.refused and "3 object(s)" in report.refused
+    assert (report.deleted, report.ok) == (0, False)
+    assert target_keys(stack, dst) == {"a", "b", "c"}
+
+
+def test_a_source_with_only_excluded_keys_counts_as_empty(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "a.tmp")
+    put(stack.target.client(), dst, "a", "b")
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}", MIRROR_EXCLUDE="*.tmp")
+    report = deleter(settings).run(settings.pairs[0])
+    assert "came back empty" in report.refused
+    assert target_keys(stack, dst) == {"a", "b"}
+
+
+def test_a_source_listing_error_deletes_nothing(stack, pair):
+    _, dst = pair
+    put(stack.target.client(), dst, "a", "b")
+    settings = settings_for(stack, f"minio/no-such-bucket-here:aws/{dst}")
+    report = deleter(settings).run(settings.pairs[0])
+    assert "source listing of minio/no-such-bucket-here/ failed" in report.refused
+    assert "does not exist" in report.refused
+    assert target_keys(stack, dst) == {"a", "b"}
+
+
+def test_wrong_source_credentials_delete_nothing(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "a")
+    put(stack.target.client(), dst, "a", "b")
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}", MINIO_SECRET_KEY="wrong-secret")
+    report = deleter(settings).run(settings.pairs[0])
+    assert "source listing" in report.refused and "SignatureDoesNotMatch" in report.refused
+    assert target_keys(stack, dst) == {"a", "b"}
+
+
+def test_a_plan_over_max_delete_deletes_nothing(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "keep")
+    put(stack.target.client(), dst, "keep", "g1", "g2", "g3")
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}", MIRROR_MAX_DELETE="2")
+    report = deleter(settings).run(settings.pairs[0])
+    assert report.refused.startswith("would delete 3 object(s), more than MIRROR_MAX_DELETE=2")
+    assert target_keys(stack, dst) == {"keep", "g1", "g2", "g3"}
+
+    at_limit = settings_for(stack, f"minio/{src}:aws/{dst}", MIRROR_MAX_DELETE="3")
+    assert deleter(at_limit).run(at_limit.pairs[0]).deleted == 3
+    assert target_keys(stack, dst) == {"keep"}
+
+
+def test_a_plan_over_the_percentage_deletes_nothing(stack, pair):
+    src, dst = pair
+    kept = [f"k{i}" for i in range(8)]
+    put(stack.source.client(), src, *kept)
+    put(stack.target.client(), dst, *kept, "g1", "g2")  # 2 of 10: 20%
+    spec = f"minio/{src}:aws/{dst}"
+    settings = settings_for(stack, spec, MIRROR_MAX_DELETE_PERCENT="19")
+    report = deleter(settings).run(settings.pairs[0])
+    assert "would delete 2 of 10 target object(s) in scope (20.0%)" in report.refused
+    assert "MIRROR_MAX_DELETE_PERCENT=19%" in report.refused
+    assert len(target_keys(stack, dst)) == 10
+
+    default = config.load({**base_env(stack), "BUCKET_PAIR": spec, "MIRROR_DELETE": "true"})
+    assert "MIRROR_MAX_DELETE_PERCENT=10%" in deleter(default).run(default.pairs[0]).refused
+
+    enough = settings_for(stack, spec, MIRROR_MAX_DELETE_PERCENT="20")
+    assert deleter(enough).run(enough.pairs[0]).deleted == 2
+    assert target_keys(stack, dst) == set(kept)
+
+
+def test_a_dry_run_lists_the_deletes_and_deletes_nothing(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "a")
+    put(stack.target.client(), dst, "a", "b", "c d+e%.txt")
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}")
+    report = deleter(settings, dry_run=True).run(settings.pairs[0])
+    assert report.would_delete == ["b", "c d+e%.txt"]
+    assert (report.planned, report.deleted, report.refused) == (2, 0, "")
+    assert target_keys(stack, dst) == {"a", "b", "c d+e%.txt"}
+
+
+def test_a_key_re_created_after_planning_is_kept(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "a")
+    put(stack.target.client(), dst, "a", "b", "c")
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}")
+    engine = deleter(settings)
+    plan = engine.planner.plan(settings.pairs[0])
+    assert plan.keys == ["b", "c"]
+    put(stack.source.client(), src, "b")  # re-created between the listing and the delete
+    report = engine.carry_out(plan)
+    assert report.deleted == 1
+    assert dict(report.skipped) == {"source still has the object: nothing deleted": 1}
+    assert target_keys(stack, dst) == {"a", "b"}
+
+
+def test_a_target_scope_shared_with_another_pair_is_left_alone(stack, buckets):
+    one, two, dst = buckets("source"), buckets("source"), buckets("target")
+    put(stack.source.client(), one, "a")
+    put(stack.source.client(), two, "x")
+    put(stack.target.client(), dst, "a", "gone", "two/x", "two/y")
+    settings = config.load(
+        {
+            **base_env(stack),
+            "BUCKET_PAIRS": f"minio/{one}:aws/{dst};minio/{two}:aws/{dst}/two",
+            "MIRROR_DELETE": "true",
+            "MIRROR_MAX_DELETE_PERCENT": "100",
+        }
+    )
+    engine = deleter(settings)
+    first, second = (engine.planner.plan(p) for p in settings.pairs)
+    assert (first.keys, first.shared) == (["gone"], 2)  # two/* belongs to the other pair too
+    assert (second.keys, second.shared) == ([], 2)  # inside the first pair's scope as well
+
+
+def test_a_delete_the_target_refuses_fails_once_per_key(stack, pair):
+    from tests.integration.test_iam import user_with_policy
+
+    src, dst = pair
+    put(stack.source.client(), src, "a")
+    put(stack.target.client(), dst, "a", "b", "c")
+    policy = (
+        '{"Version":"2012-10-17","Statement":['
+        '{"Effect":"Allow","Action":["s3:ListBucket"],'
+        f'"Resource":["arn:aws:s3:::{dst}"]}},'
+        '{"Effect":"Allow","Action":["s3:GetObject","s3:PutObject"],'
+        f'"Resource":["arn:aws:s3:::{dst}/*"]}}]}}'
+    )
+    key, secret = user_with_policy(stack.target, policy)
+    settings = settings_for(
+        stack, f"minio/{src}:aws/{dst}", AWS_ACCESS_KEY=key, AWS_SECRET_KEY=secret
+    )
+    requests = Requests(stack)
+    report = deleter(settings).run(settings.pairs[0])
+    assert (report.deleted, report.failed) == (0, 2)
+    assert all("AccessDenied" in f for f in report.failures), report.failures
+    assert sorted(f.split(":")[0] for f in report.failures) == ["b", "c"]
+    assert requests.spent().get("target DeleteObject") == 2  # once per key, never again
+    assert target_keys(stack, dst) == {"a", "b", "c"}
