@@ -7,8 +7,10 @@ Run `python deploy/local/stack.py up` to start it in the foreground.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -164,6 +166,191 @@ class MinioServer:
                 retries=retries,
             ),
         )
+
+
+_LISTING_PARAMS = frozenset(
+    {"list-type", "prefix", "delimiter", "encoding-type", "max-keys", "continuation-token",
+     "start-after", "fetch-owner", "marker"}
+)  # fmt: skip
+
+
+def s3_operation(method: str, target: str) -> str:
+    """The S3 operation of a path-style request line (method, path?query), as AWS names it."""
+    path, _, query = target.partition("?")
+    names = {name.partition("=")[0] for name in query.split("&") if name}
+    has_key = "/" in path.lstrip("/").rstrip("/") or path.lstrip("/").count("/") > 1
+    if "uploadId" in names:
+        return {
+            "PUT": "UploadPart",
+            "POST": "CompleteMultipartUpload",
+            "DELETE": "AbortMultipartUpload",
+            "GET": "ListParts",
+        }.get(method, f"{method} uploadId")
+    if "uploads" in names:
+        return "CreateMultipartUpload" if method == "POST" else "ListMultipartUploads"
+    for sub, name in (("tagging", "Tagging"), ("retention", "Retention"), ("versions", "")):
+        if sub in names:
+            if sub == "versions":
+                return "ListObjectVersions"
+            prefix = {"GET": "Get", "PUT": "Put", "DELETE": "Delete"}.get(method, method)
+            return f"{prefix}Object{name}" if has_key else f"{prefix}Bucket{name}"
+    if not has_key:
+        sub = sorted(names - _LISTING_PARAMS)
+        if sub:
+            return f"{method} ?{sub[0]}"  # a bucket subresource: ?object-lock, ?policy...
+        if method == "GET":
+            return "ListObjectsV2" if "list-type" in names else "ListObjects"
+        return {"HEAD": "HeadBucket", "PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(
+            method, f"{method} bucket"
+        )
+    return {
+        "HEAD": "HeadObject",
+        "GET": "GetObject",
+        "PUT": "PutObject",  # CopyObject too: the access log does not show the headers
+        "DELETE": "DeleteObject",
+        "POST": "DeleteObjects",
+    }.get(method, f"{method} object")
+
+
+def make_bucket(client, name: str, *, retention_days: int = 0) -> str:
+    """A bucket; with retention_days, Object Lock with that GOVERNANCE default retention."""
+    if not retention_days:
+        client.create_bucket(Bucket=name)
+        return name
+    client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    client.put_object_lock_configuration(
+        Bucket=name,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": retention_days}},
+        },
+    )
+    return name
+
+
+def remove_bucket(client, name: str) -> None:
+    """Every version and delete marker (GOVERNANCE retention bypassed), then the bucket."""
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=name):
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            client.delete_object(
+                Bucket=name,
+                Key=item["Key"],
+                VersionId=item["VersionId"],
+                BypassGovernanceRetention=True,
+            )
+    for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+    client.delete_bucket(Bucket=name)
+
+
+class MotoServer:
+    """moto's S3 in server mode on a loopback port: the AWS-like target.
+
+    moto emulates S3's error codes and headers (Object Lock, conditional writes, storage
+    classes, SSE, tags) and, like AWS, lists LastModified to the second; aws_like.py adds
+    AWS's checksum rules (verified values, Object Lock on parts). It accepts any
+    credentials. Its state lives in memory and dies with the process. Every request is in
+    its access log; `served()` counts them by S3 operation. Where moto differs from AWS,
+    the tests that meet the difference say so.
+    """
+
+    _REQUEST = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3})')
+    _STYLE = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours some request lines
+
+    def __init__(self, root: Path, name: str = "aws-like") -> None:
+        self.name = name
+        self.dir = root / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.access_key = "AKIAMOTOLOCAL" + secrets.token_hex(4).upper()
+        self.secret_key = f"moto-{secrets.token_hex(8)}"
+        self.region = "us-east-1"
+        self.port = free_port()
+        self.log = self.dir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _live(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"moto server exited:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> MotoServer:
+        # The venv's interpreter runs moto (a test dependency) behind aws_like.py's layer
+        # of AWS's checksum rules.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
+        env.update(PYTHONUNBUFFERED="1", MOTO_PORT=str(self.port))
+        log = open(self.log, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("aws_like.py")), "-p", str(self.port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        wait_until(self._live, 60, f"moto server on {self.url}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def served(self, *, statuses: bool = False) -> collections.Counter[str]:
+        """Every S3 request served so far, by "Operation" (with statuses: "Operation 200")."""
+        counts: collections.Counter[str] = collections.Counter()
+        text = self._STYLE.sub("", self.log.read_text(errors="replace"))
+        for match in self._REQUEST.finditer(text):
+            method, target, status = match.groups()
+            if target.startswith("/moto-api"):
+                continue
+            name = s3_operation(method, target)
+            counts[f"{name} {status}" if statuses else name] += 1
+        return counts
+
+    def client(self, *, url: str | None = None, attempts: int | None = None):
+        """A boto3 client like MinioServer.client (moto takes any credentials)."""
+        retries = {"max_attempts": 2, "mode": "standard"}
+        if attempts is not None:
+            retries = {"total_max_attempts": attempts, "mode": "standard"}
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=url or self.url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries=retries,
+            ),
+        )
+
+    def env(self) -> dict[str, str]:
+        """The target variables of our CLI for this server."""
+        return {
+            "AWS_URL": self.url,
+            "AWS_ACCESS_KEY": self.access_key,
+            "AWS_SECRET_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+        }
 
 
 class RabbitNode:
@@ -433,6 +620,86 @@ class FakeSlack:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+class RedirectServer:
+    """An S3 endpoint for a bucket in another region: every request gets AWS's answer, a
+    301 PermanentRedirect with `x-amz-bucket-region` (no Location header).
+
+    As AWS does, the XML body names the bucket and its endpoint but not the region (only
+    the header does), and a HEAD answer has no body. `region_in_body` adds a <Region>
+    element (as AWS's AuthorizationHeaderMalformed answer has). Requests are counted.
+    """
+
+    def __init__(self, region: str = "ap-northeast-2", *, region_in_body: bool = False) -> None:
+        self.region = region
+        self.region_in_body = region_in_body
+        self.requests: list[tuple[str, str]] = []  # (method, path)
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> RedirectServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def count(self, method: str | None = None) -> int:
+        with self.lock:
+            return sum(1 for m, _ in self.requests if method in (None, m))
+
+    def _body(self, path: str) -> bytes:
+        bucket = path.lstrip("/").split("/", 1)[0].split("?", 1)[0] or "bucket"
+        region = f"<Region>{self.region}</Region>" if self.region_in_body else ""
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PermanentRedirect</Code>'
+            "<Message>The bucket you are attempting to access must be addressed using the "
+            "specified endpoint. Please send all future requests to this endpoint.</Message>"
+            f"<Endpoint>{bucket}.s3.{self.region}.amazonaws.com</Endpoint>"
+            f"<Bucket>{bucket}</Bucket>{region}<RequestId>{secrets.token_hex(8).upper()}"
+            f"</RequestId><HostId>{secrets.token_urlsafe(30)}</HostId></Error>"
+        ).encode()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        redirect = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def answer(self) -> None:
+                with redirect.lock:
+                    redirect.requests.append((self.command, self.path))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                elif "chunked" in (self.headers.get("Transfer-Encoding") or ""):
+                    self.close_connection = True  # not worth decoding: answer and hang up
+                body = b"" if self.command == "HEAD" else redirect._body(self.path)
+                self.send_response(301, "Moved Permanently")
+                self.send_header("x-amz-bucket-region", redirect.region)
+                self.send_header("x-amz-request-id", secrets.token_hex(8).upper())
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Server", "AmazonS3")
+                if self.command == "HEAD":
+                    self.send_header("Content-Length", "0")
+                else:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = answer
 
             def log_message(self, *args: object) -> None:
                 pass
