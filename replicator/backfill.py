@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .broker import Publisher, PublishFailed
 from .config import BucketPair, Settings
 from .copier import SOURCE_ETAG, Copier
+from .deletes import Deleter
 from .errors import CopyError
 from .filters import KeyFilter
 from .s3 import S3
@@ -47,6 +48,11 @@ class PairReport:
     queued: int = 0  # enqueued, copied (--direct) or, with --dry-run, would be
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    deletes: bool = False  # --delete was given
+    deleted: int = 0  # --delete: target copies of keys the source no longer has
+    delete_skipped: int = 0  # re-checked and kept (the source has the key again)
+    would_delete: list[str] = field(default_factory=list)  # --delete --dry-run
+    delete_refused: str = ""  # the brake's reason: nothing was deleted
 
     def __post_init__(self) -> None:
         # --direct copies finish on pool threads: every counter they touch goes through it.
@@ -80,10 +86,17 @@ def listing(s3: S3, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
 
 
 class Backfill:
-    def __init__(self, settings: Settings, *, direct: bool, dry_run: bool) -> None:
+    def __init__(
+        self, settings: Settings, *, direct: bool, dry_run: bool, delete: bool = False
+    ) -> None:
         self.settings = settings
         self.direct, self.dry_run = direct, dry_run
         threads = settings.max_workers or 8
+        self.deleter = (
+            Deleter(settings, dry_run=dry_run, origin="backfill", threads=threads)
+            if delete
+            else None
+        )
         self.source = S3(settings.source, settings, "source", threads + 2)
         self.target = S3(settings.target, settings, "target", threads + 2)
         self.copier = Copier(settings, pool=threads + 2) if direct else None
@@ -111,7 +124,20 @@ class Backfill:
         except EXPECTED as exc:
             log.error("%s: stopped: %s", pair, reason(exc))
             report.fail(f"pair stopped after {report.listed} listed: {reason(exc)}")
+        if self.deleter:
+            self.deletes(pair, report)
         return report
+
+    def deletes(self, pair: BucketPair, report: PairReport) -> None:
+        """--delete: the planner's deletes for this pair, behind the same brake as reconcile."""
+        deletes = self.deleter.run(pair)
+        report.deletes = True
+        report.deleted, report.delete_refused = deletes.deleted, deletes.refused
+        report.delete_skipped = sum(deletes.skipped.values())
+        report.would_delete = deletes.would_delete
+        for failure in deletes.failures:
+            report.fail(f"delete failed: {failure}")
+        report.failed += deletes.failed - len(deletes.failures)  # beyond the kept reasons
 
     def pair(self, pair: BucketPair, report: PairReport) -> None:
         accepts = KeyFilter.for_pair(self.settings, pair).accepts
@@ -198,10 +224,21 @@ def render(reports: list[PairReport], *, direct: bool, dry_run: bool) -> str:
             f"{r.pair}: listed {r.listed}, already current {r.current}, excluded {r.excluded}, "
             f"{verb} {r.queued}, failed {r.failed}"
         )
+        if r.deletes:
+            lines.append(f"  deletes: {_delete_outcome(r, dry_run)}")
+            lines += [f"    {key}" for key in r.would_delete]
         lines += [f"  failed: {failure}" for failure in r.failures[:10]]
         if r.failed > 10:
             lines.append(f"  ... and {r.failed - 10} more failure(s)")
     return "\n".join(lines)
+
+
+def _delete_outcome(r: PairReport, dry_run: bool) -> str:
+    if r.delete_refused:
+        return f"REFUSED, nothing deleted: {r.delete_refused}"
+    if dry_run:
+        return f"would delete {len(r.would_delete)}" + (":" if r.would_delete else "")
+    return f"deleted {r.deleted}, kept after a re-check {r.delete_skipped}"
 
 
 def as_dicts(reports: list[PairReport]) -> list[dict[str, Any]]:

@@ -178,9 +178,20 @@ def work() -> None:
 )
 @click.option("--direct", is_flag=True, help="Copy in this process instead of enqueueing.")
 @click.option("--dry-run", is_flag=True, help="Count what would be copied; change nothing.")
+@click.option(
+    "--delete",
+    is_flag=True,
+    help="Also delete target objects the source no longer has, behind the brake "
+    "(MIRROR_MAX_DELETE, MIRROR_MAX_DELETE_PERCENT); with --dry-run, list them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def backfill(
-    prefix: str | None, pair_specs: tuple[str, ...], direct: bool, dry_run: bool, as_json: bool
+    prefix: str | None,
+    pair_specs: tuple[str, ...],
+    direct: bool,
+    dry_run: bool,
+    delete: bool,
+    as_json: bool,
 ) -> None:
     """Enqueue (or copy) every object under a prefix that the target lacks.
 
@@ -205,12 +216,13 @@ def backfill(
             click.echo(f"configuration error: --pair {unknown} is not configured", err=True)
             sys.exit(EXIT_CONFIG)
         pairs = chosen
-    reports = engine.Backfill(settings, direct=direct, dry_run=dry_run).run(pairs)
+    job = engine.Backfill(settings, direct=direct, dry_run=dry_run, delete=delete)
+    reports = job.run(pairs)
     if as_json:
         click.echo(json.dumps(engine.as_dicts(reports), ensure_ascii=False, indent=2))
     else:
         click.echo(engine.render(reports, direct=direct, dry_run=dry_run))
-    sys.exit(EXIT_FAILED if any(r.failed for r in reports) else 0)
+    sys.exit(EXIT_FAILED if any(r.failed or r.delete_refused for r in reports) else 0)
 
 
 @main.group()

@@ -75,6 +75,11 @@ class PairResult:
     problems: Sample[Problem] = field(default_factory=Sample)
     note: str = ""
     duration_s: float = 0.0
+    deletes: bool = False  # MIRROR_DELETE was on for this pair
+    deleted: int = 0
+    delete_skipped: int = 0  # re-checked and left (e.g. the source has the key again)
+    would_delete: Sample[str] = field(default_factory=Sample)  # dry run: target keys
+    delete_refused: str = ""  # the brake's reason: nothing was deleted
 
     @property
     def ok(self) -> bool:
@@ -97,6 +102,12 @@ class PairResult:
             "failure_count": self.problems.count,
             "note": self.note,
             "duration_s": round(self.duration_s, 3),
+            "deletes": self.deletes,
+            "deleted": self.deleted,
+            "delete_skipped": self.delete_skipped,
+            "would_delete": self.would_delete.items,
+            "would_delete_count": self.would_delete.count,
+            "delete_refused": self.delete_refused,
         }
 
 
@@ -119,6 +130,7 @@ class RunResult:
             "duration_s": round(self.duration_s, 3),
             "copied": sum(p.copied for p in self.pairs),
             "bytes": sum(p.bytes for p in self.pairs),
+            "deleted": sum(p.deleted for p in self.pairs),
             "failed_pairs": sum(not p.ok for p in self.pairs),
             "pairs": [p.as_dict() for p in self.pairs],
         }

@@ -21,13 +21,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from ..config import SOURCE_ALIAS, TARGET_ALIAS, BucketPair, Settings
+from ..deletes import Deleter
 from ..filters import KeyFilter
 from . import mc_output
 from .ledger import Ledger
 from .mc import Interrupted, Mc, McRun, session, stop_all
 from .mc_output import Copied, Difference, Failure, Record, Totals, UnreadableRecord
 from .result import PairResult, Problem, RunResult
-from .troubleshoot import FAILED_TO_ACCESS_ALIAS, MC_OUTPUT_UNREADABLE, TIMED_OUT, diagnose
+from .troubleshoot import (
+    DELETE_FAILED,
+    DELETES_REFUSED,
+    FAILED_TO_ACCESS_ALIAS,
+    MC_OUTPUT_UNREADABLE,
+    TIMED_OUT,
+    diagnose,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +112,8 @@ class PairJob:
                 self._mirror(ledger)
                 if self.result.ok and not self.empty:
                     self._verify(ledger)
+            if self.settings.delete:
+                self._deletes()
         except TimedOut as exc:
             self.result.problems.add(Problem(text=str(exc), cause=TIMED_OUT), first=True)
             self.result.note = "stopped by MIRROR_RECONCILE_TIMEOUT: the counts are what mc had "
@@ -208,6 +218,35 @@ class PairJob:
             self.result.problems.add(
                 self.problem(f"mc diff closed with code {run.code}. {run.stderr}".strip())
             )
+
+    def _deletes(self) -> None:
+        """MIRROR_DELETE: remove what the source no longer has, behind the planner's brake."""
+        threads = self.settings.max_workers or 8
+        deleter = Deleter(
+            self.settings, dry_run=self.settings.dry_run, origin="reconcile", threads=threads
+        )
+        report = deleter.run(self.pair)
+        self.result.deletes = True
+        self.result.deleted = report.deleted
+        self.result.delete_skipped = sum(report.skipped.values())
+        for key in report.would_delete:
+            self.result.would_delete.add(key)
+        if report.refused:
+            self.result.delete_refused = report.refused
+            text = report.refused
+            problem = Problem(text=text, cause=DELETES_REFUSED, side=self._side(text, ""))
+            self.result.problems.add(problem, first=True)
+        for failure in report.failures:
+            key = failure.split(": ", 1)[0]
+            self.result.problems.add(
+                Problem(
+                    text=f"delete failed: {failure}",
+                    cause=DELETE_FAILED,
+                    side="target (AWS_URL)",
+                    key=key,
+                )
+            )
+        self.result.problems.count += report.failed - len(report.failures)  # beyond the kept
 
     def _plan(self) -> None:
         """Dry run: `mc mirror --dry-run` lists nothing per object, so `mc diff` does."""

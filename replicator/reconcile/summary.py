@@ -25,7 +25,22 @@ def _keys(title: str, keys: Sample[str]) -> list[str]:
 
 
 def pair_outcome(pair: PairResult) -> str:
-    """One phrase: what happened to this pair."""
+    """One phrase: what happened to this pair (and to its deletes, with MIRROR_DELETE)."""
+    return _copy_outcome(pair) + _delete_outcome(pair)
+
+
+def _delete_outcome(pair: PairResult) -> str:
+    if not pair.deletes:
+        return ""
+    if pair.delete_refused:
+        return "; deletes REFUSED, nothing deleted"
+    if pair.dry_run:
+        return f"; would delete {pair.would_delete.count} object(s)"
+    skipped = f" ({pair.delete_skipped} kept: re-checked)" if pair.delete_skipped else ""
+    return f"; deleted {pair.deleted} object(s){skipped}"
+
+
+def _copy_outcome(pair: PairResult) -> str:
     if not pair.ok:
         return f"FAILED ({pair.problems.count} error(s)); copied {pair.copied}"
     if pair.dry_run:
@@ -41,8 +56,11 @@ def render_text(run: RunResult) -> str:
         f"{run.service} reconcile{' (DRY RUN)' if run.dry_run else ''}: "
         f"{len(run.pairs)} pair(s), {failed} failed, "
         f"{sum(p.copied for p in run.pairs)} object(s) copied "
-        f"({human_bytes(sum(p.bytes for p in run.pairs))}) in {run.duration_s:.1f}s"
+        f"({human_bytes(sum(p.bytes for p in run.pairs))})"
     )
+    if any(p.deletes for p in run.pairs):
+        head += f", {sum(p.deleted for p in run.pairs)} deleted"
+    head += f" in {run.duration_s:.1f}s"
     lines = [head]
     for pair in run.pairs:
         mark = "OK  " if pair.ok else "FAIL"
@@ -51,6 +69,8 @@ def render_text(run: RunResult) -> str:
             lines.append(f"    note: {pair.note}")
         if pair.would_copy.count:
             lines += _keys("would copy", pair.would_copy)
+        if pair.would_delete.count:
+            lines += _keys("would delete (MIRROR_DELETE)", pair.would_delete)
         if pair.left_changed.count:
             lines += _keys(
                 "changed on the source but left on the target (MIRROR_OVERWRITE=false)",

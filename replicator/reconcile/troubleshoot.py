@@ -69,6 +69,23 @@ TIMED_OUT = Cause(
         "the next run copies what is still missing",
     ),
 )
+DELETES_REFUSED = Cause(
+    "Deletes refused",
+    "the safety brake stopped this pair's deletes (MIRROR_DELETE): nothing was deleted",
+    (
+        "an empty source or a failed listing: check the source bucket, prefix and credentials",
+        "a plan over MIRROR_MAX_DELETE or MIRROR_MAX_DELETE_PERCENT: check what a dry run "
+        "(MIRROR_DRY_RUN=true) lists, then raise the limit for one run if it is intended",
+    ),
+)
+DELETE_FAILED = Cause(
+    "Delete failed",
+    "the target refused or failed to delete a copy the source no longer has",
+    (
+        "AccessDenied: the target credentials need s3:DeleteObject (README, opt-in statement)",
+        "Object Lock or a bucket policy may refuse deletes by design; the next run tries again",
+    ),
+)
 MC_OUTPUT_UNREADABLE = Cause(
     "mc output not understood",
     "mc printed a record this tool cannot read, so the pair's result is unknown",
