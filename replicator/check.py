@@ -8,15 +8,25 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from botocore.exceptions import ClientError
-
 from . import broker, slack, topology
 from .config import Settings
-from .reconcile import troubleshoot
+from .errors import CopyError, Kind
 from .reconcile.mc import McMissing, find_binary, plain_environment
-from .s3 import client
+from .s3 import S3, Head
 
+# Probe objects live under one fixed prefix, so a lifecycle rule can expire the ones an
+# Object Lock bucket keeps (README: check).
 PROBE_PREFIX = ".minio-s3-mirror-check/"
+PROBE_BODY = b"minio-s3-mirror check: a probe object; safe to delete\n"
+_CREDENTIAL_CODES = frozenset(
+    {
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "ExpiredToken",
+        "AuthorizationHeaderMalformed",
+    }
+)
 
 
 @dataclass
@@ -27,16 +37,37 @@ class Check:
     hints: tuple[str, ...] = field(default_factory=tuple)
 
 
+def s3_hints(error: CopyError) -> tuple[str, ...]:
+    """What to look at for an S3 layer's typed failure (mc's causes are for mc only)."""
+    source = error.side == "source"
+    url = "MINIO_URL" if source else "AWS_URL"
+    keys = "MINIO_ACCESS_KEY, MINIO_SECRET_KEY" if source else "AWS_ACCESS_KEY, AWS_SECRET_KEY"
+    code = error.code
+    if error.kind is Kind.DOWN or " connection broken: " in error.reason:
+        return (
+            f"check {url} (it must include http:// or https://) and that the endpoint is up",
+            "check firewalls and security groups between here and the endpoint",
+        )
+    if code == "PermanentRedirect" or "PermanentRedirect" in error.reason:
+        return ()  # the reason names the bucket's region when the answer did
+    if code == "NoSuchBucket":
+        return ("check that the bucket exists", "check that the bucket name in the pair is exact")
+    bare_refusal = not code and (" 401" in error.reason or " 403" in error.reason)
+    hints = []
+    if code in _CREDENTIAL_CODES or bare_refusal:
+        hints.append(f"check that the access key and secret key are valid ({keys})")
+    if code == "AccessDenied" or bare_refusal:
+        hints.append(
+            "check the bucket's permissions and the IAM policy (README: Least-privilege policies)"
+        )
+    return tuple(hints)
+
+
 def s3_failure(name: str, exc: Exception) -> Check:
-    text, code = str(exc), ""
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code"))
-        text = f"{code}: {text}"
-    cause, detail = troubleshoot.diagnose(text)
-    if code in ("NoSuchBucket", "404"):  # HEAD answers carry no error code, only 404
-        cause, detail = troubleshoot.FAILED_TO_ACCESS_ALIAS, "bucket does not exist"
-    summary = f"{cause.title} ({detail or cause.meaning}): {text[:200]}"
-    return Check(name, "FAIL", summary, cause.hints)
+    """A failed S3 call, described by the S3 layer's typed reason."""
+    if not isinstance(exc, CopyError):
+        return Check(name, "FAIL", f"unexpected failure: {exc!r}"[:300])
+    return Check(name, "FAIL", exc.reason[:300], s3_hints(exc))
 
 
 def attempt(name: str, probe: Callable[[], str]) -> Check:
@@ -47,33 +78,155 @@ def attempt(name: str, probe: Callable[[], str]) -> Check:
 
 
 def source_checks(settings: Settings) -> list[Check]:
-    s3 = client(settings.source, settings, 4)
+    s3 = S3(settings.source, settings, "source", 4)
 
     def readable(bucket: str) -> str:
-        found = s3.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents", [])
-        if found:
-            s3.get_object(Bucket=bucket, Key=found[0]["Key"], Range="bytes=0-0")["Body"].read()
-            return "listed and read an object"
-        return "listed (empty bucket)"
+        first = next(iter(s3.list(bucket, "")), None)
+        if first is None:
+            return "listed (empty bucket)"
+        s3.get(bucket, first.key, limit=0)  # a GET: its headers prove read access
+        return "listed and read an object"
 
     buckets = sorted({p.source_bucket for p in settings.pairs})
     return [attempt(f"source {b}", lambda b=b: readable(b)) for b in buckets]
 
 
+# ---- the target: what `work` needs ---------------------------------------------------
+
+
 def target_checks(settings: Settings, read_only: bool) -> list[Check]:
-    s3 = client(settings.target, settings, 4)
-
-    def writable(bucket: str) -> str:
-        s3.head_bucket(Bucket=bucket)
-        if read_only:
-            return "reachable (write not probed: --read-only)"
-        key = f"{PROBE_PREFIX}{uuid.uuid4()}"
-        s3.put_object(Bucket=bucket, Key=key, Body=b"minio-s3-mirror check")
-        s3.delete_object(Bucket=bucket, Key=key)
-        return "wrote and deleted a probe object"
-
+    s3 = S3(settings.target, settings, "target", 4)
     buckets = sorted({p.target_bucket for p in settings.pairs})
-    return [attempt(f"target {b}", lambda b=b: writable(b)) for b in buckets]
+    return [target_check(s3, settings, b, read_only) for b in buckets]
+
+
+def target_check(s3: S3, settings: Settings, bucket: str, read_only: bool) -> Check:
+    """List the probe prefix; then (unless read-only) write a probe as `work` writes:
+    conditional, with a checksum, the storage class and the encryption configured."""
+    name = f"target {bucket}"
+    try:
+        next(iter(s3.list(bucket, PROBE_PREFIX)), None)
+    except Exception as exc:
+        return s3_failure(name, exc)
+    if read_only:
+        return Check(name, "ok", "listed (write not probed: --read-only)")
+    retention = default_retention(s3, bucket)
+    key = f"{PROBE_PREFIX}{uuid.uuid4()}"
+    head = Head(etag="", size=len(PROBE_BODY), mtime="", headers={"Content-Type": "text/plain"})
+    try:
+        etag = s3.put(bucket, key, PROBE_BODY, head, {}, when="absent")
+    except Exception as exc:
+        return write_refused(name, exc, settings)
+    try:
+        s3.put(bucket, key, PROBE_BODY, head, {}, when="absent")
+    except CopyError as exc:
+        result = conditional_refused(name, exc, written_with(settings))
+    except Exception as exc:
+        result = s3_failure(name, exc)
+    else:
+        result = Check(
+            name,
+            "FAIL",
+            "the target accepted a second If-None-Match: * PUT of the probe: it has no "
+            "conditional writes, which work needs to keep newer copies over older ones",
+            ("use AWS S3 or a server release with conditional writes "
+             "(README: Troubleshooting, target NotImplemented)",),
+        )  # fmt: skip
+    kept = remove_probe(s3, bucket, key, etag, retention)
+    return Check(result.name, result.status, f"{result.detail}; {kept}", result.hints)
+
+
+def written_with(settings: Settings) -> str:
+    parts = ["SHA-256 checksum"]
+    if settings.storage_class:
+        parts.append(f"storage class {settings.storage_class}")
+    if settings.sse:
+        kms = f" key {settings.sse_kms_key_id}" if settings.sse_kms_key_id else ""
+        parts.append(f"encryption {settings.sse}{kms}")
+    return ", ".join(parts)
+
+
+def conditional_refused(name: str, exc: CopyError, written: str = "") -> Check:
+    """The second If-None-Match: * PUT of the probe: CONFLICT is the only good answer."""
+    if exc.kind is Kind.CONFLICT:
+        return Check(
+            name, "ok", f"wrote a probe ({written}); a second If-None-Match: * PUT was "
+            "refused: conditional writes work"
+        )  # fmt: skip
+    if exc.code == "NotImplemented":
+        return Check(
+            name,
+            "FAIL",
+            f"{exc.reason[:200].rstrip('.')}: the target does not support conditional writes "
+            "(If-None-Match: * on PUT), which work needs",
+            ("use AWS S3 or a server release with conditional writes",),
+        )
+    return s3_failure(name, exc)
+
+
+def write_refused(name: str, exc: Exception, settings: Settings) -> Check:
+    """The first probe PUT failed: name the setting it most likely is about."""
+    failure = s3_failure(name, exc)
+    if not isinstance(exc, CopyError):
+        return failure
+    reason, code = exc.reason[:200].rstrip("."), exc.code
+    lowered = reason.lower()
+    if code == "InvalidStorageClass":
+        return Check(
+            name,
+            "FAIL",
+            f"{reason}: the target refuses AWS_STORAGE_CLASS={settings.storage_class}",
+            ("set AWS_STORAGE_CLASS to a class this target offers, or unset it (STANDARD)",),
+        )
+    if code.startswith("KMS.") or (settings.sse and ("kms" in lowered or "encrypt" in lowered)):
+        return Check(
+            name,
+            "FAIL",
+            f"{reason}: the target refuses AWS_SSE={settings.sse}"
+            + (f" with AWS_SSE_KMS_KEY_ID={settings.sse_kms_key_id}" if code.startswith("KMS.")
+               else ""),
+            ("check AWS_SSE and AWS_SSE_KMS_KEY_ID (the key exists and the keys may use it)",),
+        )  # fmt: skip
+    if code == "NotImplemented":
+        return conditional_refused(name, exc)
+    if (code == "AccessDenied" or " 403" in reason) and not settings.sse:
+        return Check(
+            name,
+            "FAIL",
+            f"{reason}: the IAM policy may lack PutObject, or the bucket policy may require "
+            "x-amz-server-side-encryption: then set AWS_SSE (AES256 or aws:kms)",
+            failure.hints,
+        )
+    return failure
+
+
+def default_retention(s3: S3, bucket: str) -> str:
+    """The bucket's Object Lock default retention ("GOVERNANCE 1 days"), or ""."""
+    try:
+        got = s3.boto.get_object_lock_configuration(Bucket=bucket)
+    except Exception:
+        return ""  # no Object Lock (ObjectLockConfigurationNotFoundError), or not readable
+    rule = got.get("ObjectLockConfiguration", {}).get("Rule", {}).get("DefaultRetention") or {}
+    if not rule:
+        return ""
+    span = f"{rule['Days']} days" if rule.get("Days") else f"{rule.get('Years', '?')} years"
+    return f"{rule.get('Mode', '?')} {span}"
+
+
+def remove_probe(s3: S3, bucket: str, key: str, etag: str, retention: str) -> str:
+    if retention:
+        return (
+            f"probe {key} kept: Object Lock default retention ({retention}) forbids "
+            f"deleting it; a lifecycle rule on {PROBE_PREFIX} expires it"
+        )
+    try:
+        s3.delete(bucket, key, etag)
+    except CopyError as exc:
+        return (
+            f"probe {key} not deleted ({exc.reason[:120]}); "
+            f"a lifecycle rule on {PROBE_PREFIX} expires it"
+        )
+    return "probe deleted"
 
 
 def rabbitmq_check(settings: Settings) -> Check:
