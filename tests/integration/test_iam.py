@@ -112,3 +112,50 @@ def test_the_policies_refuse_what_they_do_not_grant(stack, notifying, least_priv
     source = notifying.client(*source_user)
     with pytest.raises(ClientError, match="AccessDenied"):
         source.put_object(Bucket=src, Key="nope.txt", Body=b"no")
+
+
+def readme_delete_statement() -> str:
+    """The opt-in `s3:DeleteObject` statement (the section's third JSON block)."""
+    section = REPO.joinpath("README.md").read_text().split("### Least-privilege policies")[1]
+    return re.findall(r"```json\n(.*?)```", section, re.DOTALL)[2]
+
+
+@pytest.mark.parametrize("opt_in", [True, False], ids=["with-opt-in", "without"])
+def test_deletes_need_the_opt_in_statement_and_nothing_more(stack, buckets, run_cli, opt_in):
+    src, dst = buckets("source"), buckets("target")
+    target_policy, source_policy = readme_policies()
+    policy = json.loads(target_policy.replace("photos-backup", dst))
+    if opt_in:
+        statement = readme_delete_statement().replace("photos-backup", dst)
+        policy["Statement"].append(json.loads(statement))
+    source_user = user_with_policy(stack.source, source_policy.replace("photos", src))
+    target_user = user_with_policy(stack.target, json.dumps(policy))
+    env = {
+        "BUCKET_PAIR": f"minio/{src}:aws/{dst}",
+        "MINIO_ACCESS_KEY": source_user[0],
+        "MINIO_SECRET_KEY": source_user[1],
+        "AWS_ACCESS_KEY": target_user[0],
+        "AWS_SECRET_KEY": target_user[1],
+        "MIRROR_DELETE": "true",
+        "MIRROR_MAX_DELETE_PERCENT": "100",
+    }
+    source = stack.source.client()
+    for key in ("kept", "gone"):
+        source.put_object(Bucket=src, Key=key, Body=key.encode())
+    first = run_cli("reconcile", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    source.delete_object(Bucket=src, Key="gone")
+
+    result = run_cli("reconcile", "--json", env=env)
+
+    listed = stack.target.client().list_objects_v2(Bucket=dst).get("Contents", [])
+    (pair,) = json.loads(result.stdout)["pairs"]
+    if opt_in:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert [o["Key"] for o in listed] == ["kept"]
+        assert pair["deleted"] == 1
+    else:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert [o["Key"] for o in listed] == ["gone", "kept"]
+        (failure,) = pair["failures"]
+        assert failure["cause"] == "Delete failed" and "AccessDenied" in failure["error"]
