@@ -283,7 +283,13 @@ class Worker:
         return done
 
     def wait_for(self, total: float) -> None:
-        until(lambda: self.finished() >= total, poll=0.05)
+        """Until `total` tasks are finished. A scrape of /metrics costs the worker ~1.5 ms
+        of CPU: poll every 0.5 s, every 20 ms only for the last 3% of the tasks."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while (done := self.finished()) < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker finished {done:.0f} of {total:.0f} tasks in time")
+            time.sleep(0.02 if done >= total * 0.97 else 0.5)
 
     def stop(self) -> int:
         """SIGTERM, wait, and return the process's peak RSS in bytes (read before the end)."""
