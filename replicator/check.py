@@ -229,6 +229,53 @@ def remove_probe(s3: S3, bucket: str, key: str, etag: str, retention: str) -> st
     return "probe deleted"
 
 
+def delete_checks(settings: Settings, read_only: bool) -> list[Check]:
+    """MIRROR_DELETE: whether deletes are on, and whether the target credentials may delete
+    in each pair's scope: a DELETE of a key that never existed (nothing to lose; on a
+    versioned bucket it leaves a delete marker), outside the probe prefix that the README's
+    policy lets `check` delete anyway."""
+    if not settings.delete:
+        return [Check("deletes", "skip", "off (MIRROR_DELETE=false): nothing is deleted")]
+    on = (
+        f"on (MIRROR_DELETE=true; brake: MIRROR_MAX_DELETE={settings.max_delete}, "
+        f"MIRROR_MAX_DELETE_PERCENT={settings.max_delete_percent}%)"
+    )
+    if read_only:
+        return [Check("deletes", "ok", f"{on}; delete permission not probed: --read-only")]
+    s3 = S3(settings.target, settings, "target", 4)
+    scopes = sorted({(p.target_bucket, p.target_prefix(settings.prefix)) for p in settings.pairs})
+    checks = []
+    for bucket, scope in scopes:
+        where = "/".join(part for part in (bucket, scope) if part)
+        name = f".minio-s3-mirror-delete-probe-{uuid.uuid4()}"
+        key = f"{scope}/{name}" if scope else name
+        try:
+            s3.boto.delete_object(Bucket=bucket, Key=key)
+        except Exception as failure:
+            exc = s3.boto_error(failure)
+            checks.append(
+                Check(
+                    f"deletes {where}",
+                    "FAIL",
+                    f"{on}, but the target credentials may not delete: {exc.reason[:200]}",
+                    (
+                        "add the opt-in s3:DeleteObject statement to the target policy "
+                        "(README: Least-privilege policies), or set MIRROR_DELETE=false",
+                    ),
+                )
+            )
+            continue
+        checks.append(
+            Check(
+                f"deletes {where}",
+                "ok",
+                f"{on}; the target credentials may delete (a DELETE of a key that does not "
+                "exist was accepted)",
+            )
+        )
+    return checks
+
+
 def rabbitmq_check(settings: Settings) -> Check:
     try:
         connection = broker.connect(settings.rabbitmq_url, name="minio-s3-mirror check")
@@ -288,6 +335,7 @@ def run(settings: Settings, *, read_only: bool) -> list[Check]:
         config,
         *source_checks(settings),
         *target_checks(settings, read_only),
+        *delete_checks(settings, read_only),
         rabbitmq_check(settings),
         slack_check(settings),
         mc_check(),

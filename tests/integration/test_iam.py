@@ -145,6 +145,8 @@ def test_deletes_need_the_opt_in_statement_and_nothing_more(stack, buckets, run_
     first = run_cli("reconcile", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     source.delete_object(Bucket=src, Key="gone")
+    check = run_cli("check", env=env)
+    (probe,) = [line for line in check.stdout.splitlines() if f" deletes {dst} " in line]
 
     result = run_cli("reconcile", "--json", env=env)
 
@@ -154,7 +156,9 @@ def test_deletes_need_the_opt_in_statement_and_nothing_more(stack, buckets, run_
         assert result.returncode == 0, result.stdout + result.stderr
         assert [o["Key"] for o in listed] == ["kept"]
         assert pair["deleted"] == 1
+        assert "ok" in probe and "the target credentials may delete" in probe
     else:
+        assert "FAIL" in probe and "may not delete" in probe and "AccessDenied" in probe
         assert result.returncode == 1, result.stdout + result.stderr
         assert [o["Key"] for o in listed] == ["gone", "kept"]
         (failure,) = pair["failures"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -189,3 +190,20 @@ def test_backfill_delete_with_an_empty_source_prefix_deletes_nothing(stack, buck
     assert result.returncode == 1, result.stdout + result.stderr
     assert "came back empty" in result.stdout
     assert keys(stack.target.client(), dst) == set(names)
+
+
+def test_check_says_whether_deletes_are_on(buckets, run_cli):
+    src, dst = buckets("source"), buckets("target")
+    env = {"BUCKET_PAIR": f"minio/{src}:aws/{dst}/copies", "MIRROR_MAX_DELETE": "500"}
+
+    def deletes_line(**extra: str) -> str:
+        out = run_cli("check", env={**env, **extra}).stdout
+        (line,) = [line for line in out.splitlines() if re.match(r"\S+ +\S+ +deletes", line)]
+        return line
+
+    assert "skip" in deletes_line() and "off (MIRROR_DELETE=false)" in deletes_line()
+    on = deletes_line(MIRROR_DELETE="true")
+    assert f"deletes {dst}/copies" in on and "ok" in on, on
+    assert "MIRROR_MAX_DELETE=500" in on and "the target credentials may delete" in on
+    read_only = run_cli("check", "--read-only", env={**env, "MIRROR_DELETE": "true"}).stdout
+    assert "delete permission not probed: --read-only" in read_only
