@@ -259,3 +259,38 @@ def test_request_cost_of_a_batch_delete(stack, pair):
         "target HeadObject": 3,
         "target DeleteObject": 3,
     }
+
+
+@pytest.mark.parametrize("retention_days", [0, 1], ids=["plain", "object-lock"])
+def test_batch_deletes_on_minio_and_the_aws_like_target(stack, buckets, target, retention_days):
+    """On an Object Lock bucket a delete adds a delete marker; retention keeps the version."""
+    from replicator.copier import Copier
+    from replicator.task import Task
+
+    src, dst = buckets("source"), target.bucket(retention_days=retention_days)
+    settings = config.load(
+        {
+            **base_env(stack),
+            **target.env(),
+            "BUCKET_PAIR": f"minio/{src}:aws/{dst}",
+            "MIRROR_DELETE": "true",
+            "MIRROR_MAX_DELETE_PERCENT": "100",
+        }
+    )
+    put(stack.source.client(), src, "a", "b", "c")
+    copier = Copier(settings)
+    for key in ("a", "b", "c"):
+        assert copier.copy(Task(bucket=src, key=key, origin="backfill")).copied
+    stack.source.client().delete_objects(
+        Bucket=src, Delete={"Objects": [{"Key": "b"}, {"Key": "c"}]}
+    )
+
+    report = deleter(settings).run(settings.pairs[0])
+
+    assert (report.deleted, report.failed, report.refused) == (2, 0, ""), report.failures
+    client = target.client()
+    assert [o["Key"] for o in client.list_objects_v2(Bucket=dst).get("Contents", [])] == ["a"]
+    if retention_days:
+        versions = client.list_object_versions(Bucket=dst)
+        assert sorted(v["Key"] for v in versions.get("Versions", [])) == ["a", "b", "c"]
+        assert sorted(m["Key"] for m in versions.get("DeleteMarkers", [])) == ["b", "c"]
