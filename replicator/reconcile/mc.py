@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from ..config import SOURCE_ALIAS, TARGET_ALIAS, Endpoint, Settings
 
@@ -66,12 +66,40 @@ class Interrupted(RuntimeError):
     """This process is being interrupted: no mc is started any more."""
 
 
+class NoCredentials(RuntimeError):
+    """AWS_ACCESS_KEY/AWS_SECRET_KEY are unset and the standard AWS chain found nothing."""
+
+
 def host_variable(endpoint: Endpoint) -> str:
-    """The `MC_HOST_<alias>` value: scheme://ACCESS:SECRET@host:port, both URL-quoted."""
+    """The `MC_HOST_<alias>` value: scheme://ACCESS:SECRET[:TOKEN]@host:port.
+
+    The keys go in as they are: mc splits this value with a regular expression and does
+    not URL-decode it, so a quoted secret (AWS secrets often hold `/` and `+`) would be
+    signed with the wrong bytes. mc's own form for a session token is the third field.
+    When the target has no static keys, the standard AWS chain's current credentials
+    (boto3's, as every other command uses) are resolved here.
+    """
     parts = urlsplit(endpoint.url)
-    user = quote(endpoint.access_key, safe="")
-    password = quote(endpoint.secret_key, safe="")
-    return f"{parts.scheme}://{user}:{password}@{parts.netloc}"
+    key, secret, token = endpoint.access_key, endpoint.secret_key, endpoint.session_token
+    if not endpoint.static:
+        key, secret, token = chain_credentials()
+    userinfo = f"{key}:{secret}:{token}" if token else f"{key}:{secret}"
+    return f"{parts.scheme}://{userinfo}@{parts.netloc}"
+
+
+def chain_credentials() -> tuple[str, str, str]:
+    """(access key, secret key, session token) from the standard AWS credential chain."""
+    import boto3  # only when the target has no static keys
+
+    found = boto3.session.Session().get_credentials()
+    if found is None:
+        raise NoCredentials(
+            "no AWS credentials for the target: AWS_ACCESS_KEY and AWS_SECRET_KEY are unset "
+            "and the standard AWS chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, web identity, "
+            "container or instance role) found none"
+        )
+    frozen = found.get_frozen_credentials()
+    return frozen.access_key, frozen.secret_key, frozen.token or ""
 
 
 def find_binary() -> str:
@@ -206,6 +234,11 @@ def stop_all() -> None:
         stopper.start()
     for stopper in stoppers:
         stopper.join()
+
+
+def interrupted() -> bool:
+    """Whether stop_all() ran: this process is being interrupted."""
+    return _interrupted.is_set()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -68,8 +68,10 @@ class PairResult:
     source: str
     target: str
     dry_run: bool = False
-    copied: int = 0
+    copied: int = 0  # every object written: mc's copies and the replacements
     bytes: int = 0
+    replaced: int = 0  # of `copied`: changed objects the copy engine replaced
+    already_current: int = 0  # mc saw them as differing; they hold the source's content
     would_copy: Sample[str] = field(default_factory=Sample)
     left_changed: Sample[str] = field(default_factory=Sample)
     problems: Sample[Problem] = field(default_factory=Sample)
@@ -94,6 +96,8 @@ class PairResult:
             "dry_run": self.dry_run,
             "copied": self.copied,
             "bytes": self.bytes,
+            "replaced": self.replaced,
+            "already_current": self.already_current,
             "would_copy": self.would_copy.items,
             "would_copy_count": self.would_copy.count,
             "left_changed": self.left_changed.items,

@@ -4,6 +4,11 @@ mc's exit code and its "success" lines are not trusted: the whole JSON stream is
 and after a real run `mc diff` checks that nothing in scope is still missing (mc skips
 some failures silently, AccessDenied on upload among them).
 
+mc never overwrites: it runs without `--overwrite` and only reports objects that differ
+by its rule (size, or a target time older than the source's); with MIRROR_OVERWRITE each
+of them is decided by the copy engine (replace.py), which leaves a copy holding the
+source's content, whatever the target's timestamp granularity.
+
 Memory does not grow with the number of objects: records are handled as they arrive
 (counters, the first KEPT keys and failures, announced sizes in an on-disk ledger), and
 time is bounded: the whole run has a deadline (MIRROR_RECONCILE_TIMEOUT) at which every
@@ -13,26 +18,30 @@ running mc is stopped and its pair reported failed.
 from __future__ import annotations
 
 import logging
+import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from ..config import SOURCE_ALIAS, TARGET_ALIAS, BucketPair, Settings
+from ..config import SOURCE_ALIAS, TARGET_ALIAS, BucketPair, ConfigError, Settings
 from ..deletes import Deleter
 from ..filters import KeyFilter
 from . import mc_output
 from .ledger import Ledger
-from .mc import Interrupted, Mc, McRun, session, stop_all
+from .mc import Interrupted, Mc, McRun, NoCredentials, interrupted, session, stop_all
 from .mc_output import Copied, Difference, Failure, Record, Totals, UnreadableRecord
+from .replace import Replacer
 from .result import PairResult, Problem, RunResult
 from .troubleshoot import (
     DELETE_FAILED,
     DELETES_REFUSED,
     FAILED_TO_ACCESS_ALIAS,
     MC_OUTPUT_UNREADABLE,
+    NO_CREDENTIALS,
     TIMED_OUT,
     diagnose,
 )
@@ -40,6 +49,8 @@ from .troubleshoot import (
 log = logging.getLogger(__name__)
 
 _OVERWRITE_REFUSED = "Overwrite not allowed"
+_REFUSED_TARGET = re.compile(r"Overwrite not allowed for `([^`]*)`")
+_MC_KMS_KEY = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?")  # mc's --enc-kms form
 TIMEOUT_VARIABLE = "MIRROR_RECONCILE_TIMEOUT"
 
 
@@ -83,6 +94,9 @@ class PairJob:
             p for p in (TARGET_ALIAS, pair.target_bucket, pair.target_prefix(settings.prefix)) if p
         )
         self.result = PairResult(str(pair), self.source, self.target, dry_run=settings.dry_run)
+        self.replacer = Replacer(
+            settings, pair, dry_run=settings.dry_run, deadline=deadline, stopped=interrupted
+        )
         self.empty = False  # the prefix holds nothing (yet)
 
     def problem(self, text: str, key: str | None = None, bucket: str = "") -> Problem:
@@ -126,6 +140,7 @@ class PairJob:
             if not self.settings.dry_run:
                 self.result.copied, self.result.bytes = ledger.copied()
             ledger.close()
+            self.replacer.close(self.result)
             self.result.duration_s = time.monotonic() - started
         return self.result
 
@@ -153,9 +168,18 @@ class PairJob:
         return run
 
     def _mirror_args(self) -> list[str]:
-        args = ["mirror"]
-        if self.settings.overwrite:
-            args.append("--overwrite")
+        # Never --overwrite: mc reports what differs, the copy engine decides (replace.py).
+        # --md5: a Content-MD5 on every PUT and part, which the target verifies and Object
+        # Lock buckets require (`--checksum` sends a trailing checksum, which the AWS-like
+        # server refuses on them, and mc cannot combine the two).
+        args = ["mirror", "--md5"]
+        if self.settings.storage_class:
+            args += ["--storage-class", self.settings.storage_class]
+        target_bucket = f"{TARGET_ALIAS}/{self.pair.target_bucket}"
+        if self.settings.sse == "AES256":
+            args += ["--enc-s3", target_bucket]
+        elif self.settings.sse == "aws:kms":
+            args += ["--enc-kms", f"{target_bucket}={self.settings.sse_kms_key_id}"]
         if self.settings.skip_errors:
             args.append("--skip-errors")
         if self.settings.max_workers:
@@ -192,7 +216,14 @@ class PairJob:
         subject = failure.subject
         key = source_key(subject) if subject and "://" in subject else None
         if _OVERWRITE_REFUSED in failure.cause:
-            return  # MIRROR_OVERWRITE=false: _verify lists the objects left as they were
+            # mc found the target copy different (or older by its clock). Without
+            # MIRROR_OVERWRITE, _verify lists the objects left as they were.
+            refused = _REFUSED_TARGET.search(failure.cause)
+            if self.settings.overwrite and refused:
+                key = self._source_key_of_target(refused.group(1))
+                if key is not None and self.filter.accepts(key):
+                    self.replacer.submit(key)
+            return
         if failure.fatal and "Object does not exist" in failure.cause and self.settings.prefix:
             # A date prefix with no objects yet is a quiet night, not a failure.
             self.empty = True
@@ -201,6 +232,15 @@ class PairJob:
         if key is not None and ledger is not None:
             ledger.fail(key.rstrip("/"))
         self.result.problems.add(self.problem(text, key, failure.bucket))
+
+    def _source_key_of_target(self, url: str) -> str | None:
+        """The source key whose target copy is at `url` (mc prints <alias URL>/<bucket>/<key>)."""
+        key = source_key(url)
+        if self.pair.target_path:
+            if not key.startswith(f"{self.pair.target_path}/"):
+                return None
+            key = key[len(self.pair.target_path) + 1 :]
+        return f"{self.pair.source_path}/{key}" if self.pair.source_path else key
 
     def _differences(self, found: Callable[[Difference, str], None]) -> None:
         """`mc diff` of the pair: `found(record, key)` for each in-scope source-side difference."""
@@ -252,8 +292,10 @@ class PairJob:
         """Dry run: `mc mirror --dry-run` lists nothing per object, so `mc diff` does."""
 
         def found(record: Difference, key: str) -> None:
-            if record.diff == mc_output.ONLY_IN_SOURCE or self.settings.overwrite:
+            if record.diff == mc_output.ONLY_IN_SOURCE:
                 self.result.would_copy.add(key)
+            elif self.settings.overwrite:
+                self.replacer.submit(key)  # HEADs both sides: listed only if not current
             else:
                 self.result.left_changed.add(key)
 
@@ -263,8 +305,11 @@ class PairJob:
         """After a real run, anything in scope that still differs was not copied."""
 
         def found(record: Difference, key: str) -> None:
-            if record.diff != mc_output.ONLY_IN_SOURCE and not self.settings.overwrite:
-                self.result.left_changed.add(key)
+            if record.diff != mc_output.ONLY_IN_SOURCE:
+                # Present but different by mc's rule: with MIRROR_OVERWRITE the copy engine
+                # decided it during the mirror (replaced, or already current).
+                if not self.settings.overwrite:
+                    self.result.left_changed.add(key)
                 return
             ledger.fail(key.rstrip("/"))
             self.result.problems.add(
@@ -285,18 +330,29 @@ def reconcile(settings: Settings) -> RunResult:
 
     Never raises for a pair: a pair that fails, crashes or runs out of time is reported.
     """
+    try:
+        check_settings(settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"configuration error: {exc}\n")
+        raise SystemExit(2) from None
     started = time.monotonic()
     deadline = started + settings.reconcile_timeout_s
 
     def one(pair: BucketPair) -> PairResult:
-        with session(settings) as mc:
-            job = PairJob(mc, settings, pair, deadline)
-            try:
-                return job.run()
-            except Exception as exc:  # one pair's crash must not stop the others
-                log.exception("pair %s failed", pair)
-                job.result.problems.add(job.problem(f"{type(exc).__name__}: {exc}"))
-                return job.result
+        try:
+            with session(settings) as mc:
+                job = PairJob(mc, settings, pair, deadline)
+                try:
+                    return job.run()
+                except Exception as exc:  # one pair's crash must not stop the others
+                    log.exception("pair %s failed", pair)
+                    job.result.problems.add(job.problem(f"{type(exc).__name__}: {exc}"))
+                    return job.result
+        except NoCredentials as exc:  # the target has no static keys and the chain none
+            result = PairResult(str(pair), "", "", dry_run=settings.dry_run)
+            side = "target (AWS_URL)"
+            result.problems.add(Problem(text=str(exc), cause=NO_CREDENTIALS, side=side))
+            return result
 
     with (
         _terminate_as_exit(),
@@ -315,6 +371,20 @@ def reconcile(settings: Settings) -> RunResult:
         pairs=results,
         duration_s=time.monotonic() - started,
     )
+
+
+def check_settings(settings: Settings) -> None:
+    """What mc cannot do that the other commands can: a ConfigError (exit 2)."""
+    if settings.sse == "aws:kms":
+        key = settings.sse_kms_key_id
+        if key is None or not _MC_KMS_KEY.fullmatch(key):
+            expected = (
+                "a bare KMS key id, which reconcile's mc needs with AWS_SSE=aws:kms (its "
+                "--enc-kms takes no alias, ARN or default key; example: "
+                "1234abcd-12ab-34cd-56ef-1234567890ab); or unset AWS_SSE and give the target "
+                "bucket SSE-KMS default encryption"
+            )
+            raise ConfigError("AWS_SSE_KMS_KEY_ID", key, expected)
 
 
 @contextmanager

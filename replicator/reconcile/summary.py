@@ -67,6 +67,11 @@ def render_text(run: RunResult) -> str:
         lines.append(f"  [{mark}] {pair.pair}: {pair_outcome(pair)}")
         if pair.note:
             lines.append(f"    note: {pair.note}")
+        if pair.replaced or pair.already_current:
+            lines.append(
+                f"    differing by mc's size/time rule, decided by the copy engine: "
+                f"{pair.replaced} replaced, {pair.already_current} already current (not copied)"
+            )
         if pair.would_copy.count:
             lines += _keys("would copy", pair.would_copy)
         if pair.would_delete.count:

@@ -50,6 +50,15 @@ FAILED_TO_ACCESS_ALIAS = Cause(
         "check that the bucket exists",
     ),
 )
+NO_CREDENTIALS = Cause(
+    "No target credentials",
+    "AWS_ACCESS_KEY and AWS_SECRET_KEY are unset and the standard AWS chain found none",
+    (
+        "set AWS_ACCESS_KEY and AWS_SECRET_KEY (and AWS_SESSION_TOKEN for temporary keys)",
+        "or give the chain credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+        "a web identity (IRSA) or an instance or container role",
+    ),
+)
 OBJECT_DOES_NOT_EXIST = Cause(
     "Object does not exist",
     "the source object or path cannot be found",
