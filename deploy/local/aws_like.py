@@ -3,9 +3,10 @@
 moto (a test dependency) emulates S3's answers, but on checksums it differs from AWS in
 ways that would hide what the product must do, so a WSGI layer in front of it fixes them:
 
-- AWS takes an `x-amz-checksum-<algorithm>` header alone as a write's checksum; moto only
-  looks at `x-amz-sdk-checksum-algorithm` (and refuses such a write to an Object Lock
-  bucket). The layer names the algorithm for moto, as AWS infers it.
+- AWS takes an `x-amz-checksum-<algorithm>` header (or trailer, `x-amz-trailer`) alone as
+  a write's checksum; moto only looks at `x-amz-sdk-checksum-algorithm` (and refuses such
+  a write to an Object Lock bucket). The layer names the algorithm for moto, as AWS
+  infers it.
 - AWS verifies Content-MD5 and `x-amz-checksum-*` values against the bytes (BadDigest);
   moto accepts any value. The layer checks MD5, SHA-256, SHA-1 and CRC32 (CRC32C and
   CRC64NVME would need a native library: not checked).
@@ -80,12 +81,15 @@ class AwsChecksums:
             for algorithm in ALGORITHMS
             if f"HTTP_X_AMZ_CHECKSUM_{algorithm.upper()}" in environ
         }
-        if given and "HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM" not in environ:
-            environ["HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM"] = next(iter(given)).upper()
+        trailer = environ.get("HTTP_X_AMZ_TRAILER", "").strip().lower()
+        trailed = trailer.removeprefix("x-amz-checksum-") if trailer else ""
+        named = next(iter(given), "") or (trailed if trailed in ALGORITHMS else "")
+        if named and "HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM" not in environ:
+            environ["HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM"] = named.upper()
         md5 = environ.get("HTTP_CONTENT_MD5")
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         bucket, _, key = unquote(environ.get("PATH_INFO", "/")).lstrip("/").partition("/")
-        declared = given or md5 or "HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM" in environ
+        declared = named or md5 or "HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM" in environ
         plain_write = key and not (set(query) - {"partNumber", "uploadId"})
         if plain_write and not declared and _locked_by_default(bucket):
             what = "Put Part" if "uploadId" in query else "Put Object"  # AWS's answer
