@@ -212,3 +212,29 @@ def test_the_standard_aws_chain_serves_check_backfill_and_reconcile(
     assert [line for line in failing if "rabbitmq" not in line] == [], check.stdout
     for done in (check, backfill, result):
         no_traceback(done.stdout + done.stderr)
+
+
+def test_the_aws_like_target_keeps_aws_checksum_rules(aws_like):
+    """The stack's own guard: without these rules the Object Lock tests above would pass
+    on moto for writes AWS refuses (aws_like.py in front of moto)."""
+    import base64
+    import hashlib
+
+    from botocore.exceptions import ClientError
+
+    client = aws_like.client(attempts=1)
+    target = Target("aws-like", aws_like)
+    locked = target.bucket(retention_days=1)
+    sha = base64.b64encode(hashlib.sha256(b"x").digest()).decode()
+    try:
+        client.put_object(Bucket=locked, Key="lone-header", Body=b"x", ChecksumSHA256=sha)
+        with pytest.raises(ClientError, match="InvalidRequest"):
+            client.put_object(Bucket=locked, Key="unchecked", Body=b"x")
+        upload = client.create_multipart_upload(Bucket=locked, Key="mp")["UploadId"]
+        with pytest.raises(ClientError, match="InvalidRequest"):
+            client.upload_part(Bucket=locked, Key="mp", UploadId=upload, PartNumber=1, Body=b"x")
+        with pytest.raises(ClientError, match="BadDigest"):
+            client.put_object(Bucket=locked, Key="corrupt", Body=b"y", ChecksumSHA256=sha)
+        client.abort_multipart_upload(Bucket=locked, Key="mp", UploadId=upload)
+    finally:
+        target.cleanup()
