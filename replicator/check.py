@@ -110,7 +110,7 @@ def target_check(s3: S3, settings: Settings, bucket: str, read_only: bool) -> Ch
         return s3_failure(name, exc)
     if read_only:
         return Check(name, "ok", "listed (write not probed: --read-only)")
-    retention = default_retention(s3, bucket)
+    lock = default_retention(s3, bucket)
     key = f"{PROBE_PREFIX}{uuid.uuid4()}"
     head = Head(etag="", size=len(PROBE_BODY), mtime="", headers={"Content-Type": "text/plain"})
     try:
@@ -132,7 +132,7 @@ def target_check(s3: S3, settings: Settings, bucket: str, read_only: bool) -> Ch
             ("use AWS S3 or a server release with conditional writes "
              "(README: Troubleshooting, target NotImplemented)",),
         )  # fmt: skip
-    kept = remove_probe(s3, bucket, key, etag, retention)
+    kept = remove_probe(s3, bucket, key, etag, lock)
     return Check(result.name, result.status, f"{result.detail}; {kept}", result.hints)
 
 
@@ -200,20 +200,25 @@ def write_refused(name: str, exc: Exception, settings: Settings) -> Check:
     return failure
 
 
-def default_retention(s3: S3, bucket: str) -> str:
-    """The bucket's Object Lock default retention ("GOVERNANCE 1 days"), or ""."""
+def default_retention(s3: S3, bucket: str) -> tuple[str, str]:
+    """The bucket's Object Lock default retention ("GOVERNANCE 1 days") or "", and why
+    the configuration could not be read ("" when read, or when the bucket has none)."""
     try:
         got = s3.boto.get_object_lock_configuration(Bucket=bucket)
-    except Exception:
-        return ""  # no Object Lock (ObjectLockConfigurationNotFoundError), or not readable
+    except Exception as exc:
+        error = s3.boto_error(exc)
+        if error.code == "ObjectLockConfigurationNotFoundError":
+            return "", ""
+        return "", error.reason[:120]
     rule = got.get("ObjectLockConfiguration", {}).get("Rule", {}).get("DefaultRetention") or {}
     if not rule:
-        return ""
+        return "", ""
     span = f"{rule['Days']} days" if rule.get("Days") else f"{rule.get('Years', '?')} years"
-    return f"{rule.get('Mode', '?')} {span}"
+    return f"{rule.get('Mode', '?')} {span}", ""
 
 
-def remove_probe(s3: S3, bucket: str, key: str, etag: str, retention: str) -> str:
+def remove_probe(s3: S3, bucket: str, key: str, etag: str, lock: tuple[str, str]) -> str:
+    retention, unreadable = lock
     if retention:
         return (
             f"probe {key} kept: Object Lock default retention ({retention}) forbids "
@@ -225,6 +230,13 @@ def remove_probe(s3: S3, bucket: str, key: str, etag: str, retention: str) -> st
         return (
             f"probe {key} not deleted ({exc.reason[:120]}); "
             f"a lifecycle rule on {PROBE_PREFIX} expires it"
+        )
+    if unreadable:
+        # On a versioned bucket the DELETE only hides the probe behind a delete marker.
+        return (
+            f"probe deleted, but the Object Lock configuration is not readable "
+            f"({unreadable}): under a default retention its version stays (grant "
+            "s3:GetBucketObjectLockConfiguration)"
         )
     return "probe deleted"
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 import stack as local_stack
 from fault_proxy import split_path
 
 from replicator.check import PROBE_PREFIX
-from tests.integration.test_iam import user_with_policy
+from tests.conftest import REPO
+from tests.integration.test_iam import readme_policies, user_with_policy
 
 pytestmark = pytest.mark.integration
 
@@ -254,3 +256,52 @@ def test_the_aws_like_target_gets_the_probe_with_storage_class_and_encryption(
         assert head["ChecksumSHA256"], head
     finally:
         local_stack.remove_bucket(client, dst)
+
+
+def readme_lifecycle_rule() -> dict:
+    section = REPO.joinpath("README.md").read_text().split("### `check`")[1].split("\n### ")[0]
+    (block,) = re.findall(r"```json\n(.*?)```", section, re.DOTALL)
+    return json.loads(block)
+
+
+def test_the_readme_policy_sees_object_lock_and_its_lifecycle_rule_applies(
+    stack, buckets, check, locked_bucket
+):
+    # With exactly the README's target policy, check still finds the default retention
+    # (else it would delete: on a versioned bucket that only hides the locked probe).
+    src = buckets("source")
+    target_policy, _ = readme_policies()
+    user, secret = user_with_policy(
+        stack.target, target_policy.replace("photos-backup", locked_bucket)
+    )
+
+    code, out = check(src, locked_bucket, AWS_ACCESS_KEY=user, AWS_SECRET_KEY=secret)
+
+    assert code == 0, out
+    assert "kept: Object Lock default retention" in line_of(out, "target"), out
+    client = stack.target.client()
+    rule = readme_lifecycle_rule()
+    client.put_bucket_lifecycle_configuration(Bucket=locked_bucket, LifecycleConfiguration=rule)
+    (got,) = client.get_bucket_lifecycle_configuration(Bucket=locked_bucket)["Rules"]
+    assert got["Filter"] == {"Prefix": PROBE_PREFIX}, got
+    assert got["Expiration"]["Days"] == 1, got
+
+
+def test_an_unreadable_object_lock_configuration_is_said(stack, buckets, check, locked_bucket):
+    # Without GetBucketObjectLockConfiguration the DELETE succeeds (a delete marker on a
+    # versioned bucket) while the locked version stays: the line must not hide it.
+    src = buckets("source")
+    target_policy, _ = readme_policies()
+    target_policy = target_policy.replace(',\n        "s3:GetBucketObjectLockConfiguration"', "")
+    assert "ObjectLock" not in target_policy
+    user, secret = user_with_policy(
+        stack.target, target_policy.replace("photos-backup", locked_bucket)
+    )
+
+    code, out = check(src, locked_bucket, AWS_ACCESS_KEY=user, AWS_SECRET_KEY=secret)
+
+    assert code == 0, out
+    line = line_of(out, "target")
+    assert "probe deleted, but the Object Lock configuration is not readable" in line, out
+    assert "AccessDenied" in line and "grant s3:GetBucketObjectLockConfiguration" in line, out
+    assert len(probes(stack.target.client(), locked_bucket)) == 1  # the locked version
