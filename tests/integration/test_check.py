@@ -305,3 +305,16 @@ def test_an_unreadable_object_lock_configuration_is_said(stack, buckets, check, 
     assert "probe deleted, but the Object Lock configuration is not readable" in line, out
     assert "AccessDenied" in line and "grant s3:GetBucketObjectLockConfiguration" in line, out
     assert len(probes(stack.target.client(), locked_bucket)) == 1  # the locked version
+
+
+def test_encryption_the_target_cannot_do_names_aws_sse_not_conditional_writes(buckets, check):
+    # MinIO without a KMS answers SSE-S3 with 501 NotImplemented, the code a server
+    # without conditional writes gives too: the line must blame the setting.
+    src, dst = buckets("source"), buckets("target")
+
+    code, out = check(src, dst, AWS_SSE="AES256")
+
+    assert code == 1, out
+    line = line_of(out, "target")
+    assert "NotImplemented" in line and "the target refuses AWS_SSE=AES256" in line, out
+    assert "conditional writes" not in out, out
