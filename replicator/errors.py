@@ -112,8 +112,10 @@ def answer(side: str, code: str, status: int, message: str, region: str = "") ->
             Kind.PERMANENT, f"{side} 301 PermanentRedirect: wrong region{where}", side, code
         )
     kind = kind_of(code, status)
-    if kind is Kind.MOOT:
+    if kind is Kind.MOOT and side == "source":
         return CopyError(kind, f"source object is gone ({side} {code or status})", side, code)
+    if kind is Kind.MOOT:  # the target lost the key we conditioned on: look again
+        kind = Kind.CONFLICT
     if not code or code == str(status):
         code = ""
         message = message or _BARE.get(status, "no S3 error code in the answer")

@@ -210,10 +210,10 @@ class S3:
             got = obstore.get(self.store(bucket), key, options={"head": True})
         except FileNotFoundError as exc:
             if _code(exc) == "NoSuchBucket":
-                raise self._obstore_error(exc) from exc
+                raise self._obstore_error(exc, bucket) from exc
             return None
         except Exception as exc:
-            raise self._obstore_error(exc) from exc
+            raise self._obstore_error(exc, bucket) from exc
         return _head_from_obstore(got.meta, got.attributes)
 
     def get(self, bucket: str, key: str, limit: int) -> tuple[Head, bytes | None]:
@@ -263,7 +263,7 @@ class S3:
                 self.store(bucket), key, body, attributes=attributes, mode=mode, tags=tags or None
             )
         except Exception as exc:
-            raise self._obstore_error(exc) from exc
+            raise self._obstore_error(exc, bucket) from exc
         return (result["e_tag"] or "").strip('"')
 
     def write_args(
@@ -305,6 +305,17 @@ class S3:
             self.boto.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
 
     # ---- probes and listings ------------------------------------------------------
+
+    def _region_of(self, bucket: str) -> str:
+        """The bucket's real region, from S3's `x-amz-bucket-region` (a HEAD bucket)."""
+        try:
+            answer = self.boto.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            answer = exc.response
+        except Exception:
+            return ""
+        headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+        return headers.get("x-amz-bucket-region", "")
 
     def _bucket_exists(self, bucket: str) -> None:
         """A HEAD's 404 has no body to say whether the key or the bucket is missing: ask
@@ -420,10 +431,12 @@ class S3:
 
     # ---- obstore and raw HTTP paths -----------------------------------------------
 
-    def _obstore_error(self, exc: BaseException) -> CopyError:
+    def _obstore_error(self, exc: BaseException, bucket: str) -> CopyError:
         text = str(exc)
         if isinstance(exc, oe.AlreadyExistsError | oe.PreconditionError):
             return CopyError(Kind.CONFLICT, f"{self.side} precondition failed", self.side)
+        if "redirect" in text.lower():  # a 301 (wrong region): obstore hides the header
+            return errors.answer(self.side, "PermanentRedirect", 301, "", self._region_of(bucket))
         status = int(m.group(1)) if (m := _STATUS.search(text)) else 0
         if status:
             message = m.group(1) if (m := _MESSAGE.search(text)) else ""

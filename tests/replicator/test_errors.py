@@ -49,3 +49,11 @@ def test_a_wrong_region_names_the_real_one():
 def test_connection_failures():
     assert down("target", "refused").kind is Kind.DOWN
     assert broken("target", "reset").kind is Kind.TRANSIENT
+
+
+def test_a_missing_key_is_moot_only_on_the_source():
+    assert answer("source", "NoSuchKey", 404, "").kind is Kind.MOOT
+    # On the target a 404 (If-Match on a key that went away, a proxy's 404) is never
+    # "nothing to do": the engine looks again.
+    assert answer("target", "NoSuchKey", 404, "").kind is Kind.CONFLICT
+    assert answer("target", "404", 404, "").kind is Kind.CONFLICT
