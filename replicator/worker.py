@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 IN_PROCESS_ATTEMPTS = 3
 PROBE_EVERY_S = 1.0  # an endpoint is probed at most this often, whatever the thread count
 PENDING_EVERY_S = 5  # how often the queue depth is read for the pending gauge
-RECONNECT_S = (0.2, 15.0)  # first and longest wait before reconnecting to RabbitMQ
+RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to RabbitMQ
 _TRANSIENT = tenacity.retry_if_exception(
     lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT
 )
