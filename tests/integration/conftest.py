@@ -56,14 +56,15 @@ def notifying(stack, rabbit, webhook_port) -> Iterator[local_stack.MinioServer]:
 
 @pytest.fixture
 def source_bucket(notifying) -> Iterator[Callable[[str | None], str]]:
-    """make(arn) creates a bucket on the notifying source, wired to that target (or none)."""
+    """make(arn, events) creates a bucket on the notifying source, wired to that target (or
+    none) for those events."""
     from minio import Minio
     from minio.notificationconfig import NotificationConfig, QueueConfig
 
     client = notifying.client()
     made = []
 
-    def make(arn: str | None = None) -> str:
+    def make(arn: str | None = None, events: tuple[str, ...] = ("s3:ObjectCreated:*",)) -> str:
         name = f"nsrc-{len(made)}-{local_stack.secrets.token_hex(3)}"
         client.create_bucket(Bucket=name)
         made.append(name)
@@ -74,7 +75,7 @@ def source_bucket(notifying) -> Iterator[Callable[[str | None], str]]:
                 notifying.secret_key,
                 secure=False,
             )
-            config = QueueConfig(queue=arn, events=["s3:ObjectCreated:*"])
+            config = QueueConfig(queue=arn, events=list(events))
             minio.set_bucket_notification(name, NotificationConfig(queue_config_list=[config]))
         return name
 
