@@ -24,7 +24,7 @@ import tenacity
 
 from .config import BucketPair, Settings
 from .errors import CopyError, Kind
-from .filters import pairs_for
+from .filters import pairs_for, shares_target
 from .s3 import S3, Head
 from .task import Task
 
@@ -154,6 +154,8 @@ class Copier:
         """Delete the target copy only if the source has no such key *now*; a re-create
         of the key always wins (design 7.7)."""
         bucket, key = pair.target_bucket, pair.target_key(task.key)
+        if shares_target(self.settings, pair, key):
+            return Outcome(False, "target key is also in another pair's scope: not deleted")
         with self.locks.hold(f"{bucket}/{key}"):
             for _ in range(CHASES):
                 if self.source.head(task.bucket, task.key) is not None:

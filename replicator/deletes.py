@@ -31,7 +31,7 @@ from . import metrics
 from .config import SOURCE_ALIAS, TARGET_ALIAS, BucketPair, Settings
 from .copier import Copier
 from .errors import CopyError, Kind
-from .filters import KeyFilter
+from .filters import KeyFilter, shares_target
 from .s3 import S3, Listed
 from .task import Task
 
@@ -158,19 +158,9 @@ class Planner:
             plan.keys.clear()
         return plan
 
-    def _others(self, pair: BucketPair) -> list[str]:
-        """Target scopes of the other pairs writing into this pair's target bucket."""
-        prefix = self.settings.prefix
-        return [
-            _folder(p.target_prefix(prefix))
-            for p in self.settings.pairs
-            if p != pair and p.target_bucket == pair.target_bucket
-        ]
-
     def _walk(self, plan: Plan) -> None:
         pair, keep = plan.pair, self.settings.max_delete
         accepts = KeyFilter.for_pair(self.settings, pair).accepts
-        others = self._others(pair)
         listed = _listing(self.source, pair.source_bucket, plan.source_scope)
         sources = (item.key for item in listed if accepts(item.key))
 
@@ -184,7 +174,7 @@ class Planner:
             key = plan.source_key(item.key)
             if not accepts(key):
                 continue  # excluded (or outside the pair's folder): never deleted
-            if any(item.key.startswith(scope) for scope in others):
+            if shares_target(self.settings, pair, item.key):
                 plan.shared += 1
                 continue
             plan.target_objects += 1

@@ -62,6 +62,18 @@ class KeyFilter:
         return not any(p.fullmatch(suffix.encode()) for p in self._patterns)
 
 
+def shares_target(settings: Settings, pair: BucketPair, target_key: str) -> bool:
+    """Whether another pair also writes this target key's folder: deletes leave it alone,
+    since this pair's source cannot speak for the other's."""
+    for other in settings.pairs:
+        if other == pair or other.target_bucket != pair.target_bucket:
+            continue
+        scope = other.target_prefix(settings.prefix)
+        if target_key.startswith(f"{scope}/" if scope else ""):
+            return True
+    return False
+
+
 def pairs_for(settings: Settings, bucket: str, key: str) -> list[BucketPair]:
     """Every pair that replicates this source object (a bucket may feed several pairs)."""
     return [

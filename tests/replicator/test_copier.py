@@ -425,3 +425,22 @@ def test_the_part_budget_bounds_bytes_in_memory_and_lets_a_huge_part_through_alo
         t.join(10)
     assert not any(t.is_alive() for t in threads)
     assert peak[0] == 250  # the huge part ran alone; otherwise at most 90 (3 x 30)
+
+
+def test_a_removal_never_deletes_a_key_another_pair_writes(stack, buckets):
+    """Two pairs write into one target bucket; the second covers all of it. A removal on
+    the first pair's source cannot speak for the second pair's source."""
+    src, other, dst = buckets("source"), buckets("source"), buckets("target")
+    env = {
+        **base_env(stack),
+        "BUCKET_PAIRS": f"minio/{src}:aws/{dst}/one;minio/{other}:aws/{dst}",
+        "MIRROR_DELETE": "true",
+    }
+    settings = config.load(env)
+    stack.source.client().put_object(Bucket=src, Key="k", Body=b"x")
+    Copier(settings).copy(Task(bucket=src, key="k", origin="backfill"))
+    stack.source.client().delete_object(Bucket=src, Key="k")
+
+    outcome = Copier(settings).copy(removal(src, "k"))
+    assert not outcome.deleted and "another pair" in outcome.reason
+    assert body(stack, dst, "one/k") == b"x"
