@@ -30,6 +30,7 @@ pytestmark = pytest.mark.integration
 def objects(count: int) -> dict[str, bytes]:
     found = {f"day/{i:02d}/ünï cødé {i}.txt": f"body {i}".encode() for i in range(count)}
     found["day/big.bin"] = os.urandom(17 * 1024 * 1024)  # multipart on every path
+    found["day/100%25 done+1=2 ?&.txt"] = b"mc prints keys in URLs: none of this is escaped"
     return found
 
 
@@ -144,6 +145,23 @@ def test_dry_run_lists_only_what_really_changed(stack, target, buckets, run_cli)
     assert sorted(counted["would_copy"]) == ["day/01/ünï cødé 1.txt", "day/new.txt"], counted
     assert counted["already_current"] == len(items) - 1, counted
     assert heads(target.client(), dst, items) == before
+
+
+def test_pair_paths_map_the_reported_target_key_back_to_the_source(stack, buckets, run_cli):
+    """mc names the differing *target* URL; the copy engine needs the source key."""
+    src, dst = buckets("source"), buckets("target")
+    source = stack.source.client()
+    source.put_object(Bucket=src, Key="in/2025/x.txt", Body=b"one")
+    env = {"BUCKET_PAIR": f"minio/{src}/in:aws/{dst}/out/put", "MIRROR_PREFIX": "2025"}
+    assert reconcile(run_cli, env)["copied"] == 1
+    time.sleep(1.1)
+    source.put_object(Bucket=src, Key="in/2025/x.txt", Body=b"two")  # same size, newer
+
+    counted = reconcile(run_cli, env)
+
+    assert (counted["replaced"], counted["failure_count"]) == (1, 0), counted
+    got = stack.target.client().get_object(Bucket=dst, Key="out/put/2025/x.txt")
+    assert got["Body"].read() == b"two"
 
 
 def test_overwrite_false_replaces_nothing(stack, buckets, run_cli):
