@@ -51,6 +51,7 @@ PASSED_VARIABLES = frozenset(
         "no_proxy",
     }
 )
+_WEB_IDENTITY = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")  # IRSA sets both
 STOP_GRACE_S = 3.0  # between SIGTERM and SIGKILL
 _STDERR_LINES = 20
 _running: set[McRun] = set()  # every mc not yet reaped, for stop_all()
@@ -120,8 +121,41 @@ def child_environment(settings: Settings, environ: Mapping[str, str]) -> dict[st
     """mc's whole environment: the passed variables, LC_*, and its own MC_HOST_*."""
     env = plain_environment(environ)
     env[f"MC_HOST_{SOURCE_ALIAS}"] = host_variable(settings.source)
-    if settings.target:
+    if settings.target and web_identity(settings.target, environ):
+        env.update(web_identity_environment(settings, environ))
+    elif settings.target:
         env[f"MC_HOST_{TARGET_ALIAS}"] = host_variable(settings.target)
+    return env
+
+
+def web_identity(target: Endpoint, environ: Mapping[str, str]) -> bool:
+    """No static keys, and a web identity (IRSA) for the chain: mc's own STS client."""
+    return not target.static and all(environ.get(n) for n in _WEB_IDENTITY)
+
+
+def web_identity_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """mc's own web-identity client for the target (`MC_STS_ENDPOINT_aws`), which renews
+    the role's credentials as they expire, where keys handed over once would not be.
+
+    The STS endpoint: AWS_ENDPOINT_URL_STS, else the region's (the global one for
+    us-east-1). MC_HOST_aws has no keys: mc's chain tries STS first.
+    """
+    assert settings.target is not None
+    region = settings.aws_region or "us-east-1"
+    default = (
+        "https://sts.amazonaws.com"
+        if region == "us-east-1"
+        else f"https://sts.{region}.amazonaws.com"
+    )
+    parts = urlsplit(settings.target.url)
+    env = {
+        f"MC_HOST_{TARGET_ALIAS}": f"{parts.scheme}://{parts.netloc}",
+        f"MC_STS_ENDPOINT_{TARGET_ALIAS}": environ.get("AWS_ENDPOINT_URL_STS") or default,
+        f"MC_WEB_IDENTITY_TOKEN_FILE_{TARGET_ALIAS}": environ["AWS_WEB_IDENTITY_TOKEN_FILE"],
+        f"MC_ROLE_ARN_{TARGET_ALIAS}": environ["AWS_ROLE_ARN"],
+    }
+    if environ.get("AWS_ROLE_SESSION_NAME"):
+        env[f"MC_ROLE_SESSION_NAME_{TARGET_ALIAS}"] = environ["AWS_ROLE_SESSION_NAME"]
     return env
 
 

@@ -350,3 +350,46 @@ def test_no_credentials_anywhere_fails_the_pair_with_the_cause(stack, buckets, r
     assert "cause: No target credentials" in result.stdout
     assert "AWS_ACCESS_KEY_ID, AWS_PROFILE" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_web_identity_is_renewed_by_mc_itself(stack, aws_like, buckets, run_cli, tmp_path):
+    """IRSA: mc gets its own STS client (it renews the role's keys; keys handed over once
+    would expire in a long run). The AWS-like server answers AssumeRoleWithWebIdentity."""
+    src = buckets("source")
+    dst = f"wi-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    local_stack.make_bucket(aws_like.client(), dst)
+    stack.source.client().put_object(Bucket=src, Key="w.txt", Body=b"w")
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl")  # moto does not check it
+    seen = tmp_path / "mc-env"
+    wrapper = tmp_path / "mc"
+    wrapper.write_text(
+        f'#!/bin/bash\nenv | grep -E "^MC_(HOST|STS|ROLE|WEB)" >>"{seen}"\n'
+        f'exec "{local_stack.BIN / "mc"}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    before = aws_like.served()
+    env = {
+        **aws_like.env(),
+        "BUCKET_PAIR": f"minio/{src}:aws/{dst}",
+        "AWS_ACCESS_KEY": None,
+        "AWS_SECRET_KEY": None,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+        "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/backup",
+        "AWS_ENDPOINT_URL_STS": aws_like.url,
+        "MC_BINARY": str(wrapper),
+    }
+    try:
+        counted = reconcile(run_cli, env)
+
+        assert counted["copied"] == 1, counted
+        got = aws_like.client().get_object(Bucket=dst, Key="w.txt")["Body"].read()
+        assert got == b"w"
+        mc_env = seen.read_text()
+        assert f"MC_HOST_aws={aws_like.url}\n" in mc_env  # no keys: mc asks STS
+        assert f"MC_STS_ENDPOINT_aws={aws_like.url}\n" in mc_env
+        assert f"MC_WEB_IDENTITY_TOKEN_FILE_aws={token}\n" in mc_env
+        # POST / ?Action=AssumeRoleWithWebIdentity: mc's own requests to STS
+        assert aws_like.served()["POST bucket"] > before["POST bucket"], aws_like.served()
+    finally:
+        local_stack.remove_bucket(aws_like.client(), dst)
