@@ -106,8 +106,9 @@ def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
 
 
 def copy_threads(settings: config.Settings) -> int:
-    """MIRROR_MAX_WORKERS, or (auto) four per CPU: copies wait on the network, not the CPU."""
-    return settings.max_workers or min(16, 4 * (os.cpu_count() or 1))
+    """MIRROR_MAX_WORKERS, or (auto) 16: copies wait on the network, and the compiled S3
+    client releases the GIL while they do (16 measured faster than 8 on 2 cores)."""
+    return settings.max_workers or 16
 
 
 @main.command()

@@ -111,7 +111,7 @@ class Worker:
         }
         self.retrying = tenacity.Retrying(
             retry=_TRANSIENT,
-            stop=tenacity.stop_after_attempt(IN_PROCESS_ATTEMPTS),
+            stop=tenacity.stop_after_attempt(IN_PROCESS_ATTEMPTS - 1),  # after the first
             wait=tenacity.wait_random_exponential(multiplier=0.2, max=3),
             reraise=True,
         )
@@ -155,7 +155,7 @@ class Worker:
         held_since = 0.0
         while True:
             try:
-                outcome = self.retrying(self.copier.copy, task)
+                outcome = self._copy(task)
             except CopyError as exc:
                 kind = exc.kind
                 if kind is Kind.DOWN and self.endpoints[exc.side or "target"].up():
@@ -177,6 +177,17 @@ class Worker:
                 endpoint.answered()
             self._record(task, attempt, outcome, time.monotonic() - started)
             return Decision("ack", outcome.reason)
+
+    def _copy(self, task: Task) -> Outcome:
+        """The copy, with in-process retries of transient failures (tenacity is entered
+        only after a first failure: most copies succeed at once)."""
+        try:
+            return self.copier.copy(task)
+        except CopyError as exc:
+            if exc.kind is not Kind.TRANSIENT:
+                raise
+        self.stopping.wait(random.uniform(0, 0.4))
+        return self.retrying(self.copier.copy, task)
 
     def _record(self, task: Task, attempt: int, outcome: Outcome, seconds: float) -> None:
         """Count one finished task (per-object lines are debug: the counters carry it)."""
