@@ -227,6 +227,15 @@ class S3:
 
     def read(self, bucket: str, key: str, etag: str, start: int, end: int) -> bytes:
         """Bytes start..end (inclusive) of the version with this ETag; CONFLICT if it changed."""
+        if compiled_key(key):
+            url = urlsplit(obstore.sign(self.store(bucket), "GET", key, _SIGNED_FOR))
+            ranged = {"Range": f"bytes={start}-{end}", "If-Match": f'"{etag}"'}
+            status, _, body = self._send("GET", url, ranged)
+            if status == 404:
+                raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
+            if body is None or len(body) != end - start + 1:
+                raise errors.broken(self.side, f"short read of bytes {start}-{end}")
+            return body
         args: dict[str, Any] = {"Bucket": bucket, "Key": key, "IfMatch": etag}
         if start or end >= 0:
             args["Range"] = f"bytes={start}-{end}"
@@ -485,24 +494,36 @@ class S3:
     ) -> tuple[int, http.client.HTTPMessage, bytes | None]:
         """One request on this thread's keep-alive connection to the URL's host. A body
         above `limit` (when >= 0) is not read: the caller reads it in parts."""
-        conn = self._connection(url.netloc)
-        try:
-            conn.request(method, f"{url.path}?{url.query}", headers=headers)
-            response = conn.getresponse()
-            large = response.length is not None and response.length > limit >= 0
-            if response.status < 300 and method == "GET" and large:
-                conn.close()  # don't drain the stream
-                body = None
-            else:
-                body = response.read()
-        except (ConnectionRefusedError, socket.gaierror) as exc:
-            conn.close()
-            raise errors.down(self.side, repr(exc)) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            if isinstance(exc, TimeoutError) and conn.sock is None:
-                raise errors.down(self.side, "connect timed out") from exc
-            raise errors.broken(self.side, repr(exc)) from exc
+        for resent in (False, True):
+            conn = self._connection(url.netloc)
+            reused = conn.sock is not None
+            try:
+                conn.request(method, f"{url.path}?{url.query}", headers=headers)
+                response = conn.getresponse()
+                large = response.length is not None and response.length > limit >= 0
+                if response.status < 300 and method == "GET" and large:
+                    conn.close()  # don't drain the stream
+                    body = None
+                else:
+                    body = response.read()
+                break
+            except ConnectionRefusedError as exc:
+                conn.close()
+                raise errors.down(self.side, repr(exc)) from exc
+            except socket.gaierror as exc:
+                conn.close()
+                raise errors.down(self.side, repr(exc)) from exc
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                if reused and not resent:
+                    continue  # the server closed an idle keep-alive connection: once more
+                raise errors.broken(self.side, repr(exc)) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                connected = conn.sock is not None
+                conn.close()
+                if isinstance(exc, TimeoutError) and not connected:
+                    raise errors.down(self.side, "connect timed out") from exc
+                raise errors.broken(self.side, repr(exc)) from exc
         if response.status == 404 and b"NoSuchBucket" not in (body or b""):
             return 404, response.headers, None
         if response.status >= 300:

@@ -92,3 +92,35 @@ def test_a_down_endpoint_is_typed_down(stack):
         with pytest.raises(Exception) as raised:
             call()
         assert raised.value.kind is Kind.DOWN
+
+
+def test_a_keep_alive_connection_the_server_dropped_is_used_once_more_fresh(source):
+    """Servers close idle keep-alive connections; the next GET on it must not count as a
+    failure of the key (it is resent once on a new connection: GET and HEAD are safe)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from urllib.parse import urlsplit
+
+    class DropsAfterEachAnswer(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # promises keep-alive, then hangs up
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), DropsAfterEachAnswer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _, s3 = source
+        url = urlsplit(f"http://127.0.0.1:{server.server_address[1]}/b/k?x=1")
+        for _ in range(3):
+            status, _, body = s3._send("GET", url, {})
+            assert (status, body) == (200, b"ok")
+    finally:
+        server.shutdown()
