@@ -201,7 +201,12 @@ class Publisher:
                         exchange, routing_key, body, properties, mandatory=True
                     )
                     break
-                except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                except pika.exceptions.UnroutableError as exc:
+                    raise PublishRefused(f"RabbitMQ refused the message: {exc!r}") from exc
+                except pika.exceptions.NackError as exc:
+                    # A channel opened while a quorum queue had no leader (a node just
+                    # died) may nack every later publish: the next one gets a fresh one.
+                    self._drop()
                     raise PublishRefused(f"RabbitMQ refused the message: {exc!r}") from exc
                 except (pika.exceptions.AMQPError, OSError) as exc:
                     # A dead connection (idle too long, node restarted, failed over):

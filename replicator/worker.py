@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 IN_PROCESS_ATTEMPTS = 3
 PROBE_EVERY_S = 1.0  # an endpoint is probed at most this often, whatever the thread count
 PENDING_EVERY_S = 5  # how often the queue depth is read for the pending gauge
+STALLED_S = 30  # tasks ready, room to take them, no delivery this long: reconnect
 RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to RabbitMQ
 _TRANSIENT = tenacity.retry_if_exception(
     lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT
@@ -275,6 +276,7 @@ class Worker:
             self._finished, self._woken = queue.SimpleQueue(), False
 
             def on_message(channel, method, properties, body) -> None:
+                self._delivered = time.monotonic()
                 delivery = Delivery(method.delivery_tag, body, dict(properties.headers or {}))
                 self._outstanding[delivery.tag] = delivery
                 metrics.UNACKED.set(len(self._outstanding))
@@ -284,7 +286,7 @@ class Worker:
             tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
             log.info("consuming %s with %d copy threads", topology.WORK_QUEUE, self.concurrency)
             self.consuming.set()
-            measured = 0.0
+            measured, self._delivered = 0.0, time.monotonic()
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=1)
                 self._settle()
@@ -292,6 +294,7 @@ class Worker:
                     depth = channel.queue_declare(topology.WORK_QUEUE, passive=True)
                     metrics.PENDING.set(depth.method.message_count)
                     measured = time.monotonic()
+                    self._check_stalled(depth.method.message_count)
             # Drain: take no more, let in-flight copies finish and be acked.
             channel.basic_cancel(tag)
             while self._outstanding:
@@ -302,6 +305,15 @@ class Worker:
             if connection.is_open:
                 with contextlib.suppress(pika.exceptions.AMQPError):
                     connection.close()
+
+    def _check_stalled(self, ready: int) -> None:
+        """Tasks wait, this worker has room, yet nothing came for a while: a consumer
+        registered while a quorum queue had no leader (a node had just died) can stay
+        silent. A new connection and channel consume again."""
+        idle = time.monotonic() - self._delivered
+        if ready and len(self._outstanding) < self.concurrency * 4 and idle > STALLED_S:
+            log.warning("%d task(s) wait but none came for %.0fs: reconnecting", ready, idle)
+            raise pika.exceptions.AMQPError("consumer stalled")
 
     def _settle(self) -> None:
         """Act on every finished delivery, then ack the contiguous finished prefix."""

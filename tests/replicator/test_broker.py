@@ -259,3 +259,31 @@ def test_a_failing_readiness_check_answers_503_and_the_endpoint_lives_on():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_nacked_publish_leaves_the_next_one_a_fresh_channel(rabbit):
+    """A channel opened while a quorum queue had no leader (a cluster node had just died)
+    was seen nacking every later publish for good; after a nack the publisher reconnects."""
+    name = unique("full")
+    admin = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+    channel = admin.channel()
+    channel.exchange_declare(name, "direct", durable=True)
+    args = {"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"}
+    channel.queue_declare(name, durable=True, arguments=args)
+    channel.queue_bind(name, name, name)
+    publisher = broker.Publisher(rabbit.url, name="test nack")
+    try:
+        publisher.publish(b"first", exchange=name, routing_key=name)
+        first = publisher.connection
+        with pytest.raises(broker.PublishRefused):  # the queue is full: RabbitMQ nacks
+            for _ in range(20):  # a quorum queue applies its limit a little late
+                publisher.publish(b"more", exchange=name, routing_key=name)
+                first = publisher.connection
+        channel.queue_purge(name)
+        publisher.publish(b"third", exchange=name, routing_key=name)
+        assert publisher.connection is not first
+    finally:
+        publisher.close()
+        channel.queue_delete(name)
+        channel.exchange_delete(name)
+        admin.close()
