@@ -248,14 +248,16 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="copy") as pool:
-            delay, down_since = RECONNECT_S[0], 0.0
+            delay, down = RECONNECT_S[0], False
             while not self.stopping.is_set():
+                self._consumed = False
                 try:
                     self._consume(pool)
-                    delay, down_since = RECONNECT_S[0], 0.0
                 except pika.exceptions.AMQPError as exc:
-                    if not down_since:
-                        down_since = time.monotonic()
+                    if self._consumed:  # this connection worked: a new outage begins
+                        delay, down = RECONNECT_S[0], False
+                    if not down:
+                        down = True
                         log.warning("RabbitMQ connection lost (%r); reconnecting", exc)
                     self.stopping.wait(delay * random.uniform(0.5, 1.5))
                     delay = min(delay * 2, RECONNECT_S[1])
@@ -286,6 +288,7 @@ class Worker:
             tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
             log.info("consuming %s with %d copy threads", topology.WORK_QUEUE, self.concurrency)
             self.consuming.set()
+            self._consumed = True
             measured, self._delivered = 0.0, time.monotonic()
             while not self.stopping.is_set():
                 connection.process_data_events(time_limit=1)
