@@ -548,7 +548,27 @@ class RabbitCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-class FakeSlack:
+class LoopbackServer:
+    """An HTTP server of the test stack on a free loopback port, in a daemon thread."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeSlack(LoopbackServer):
     """A local Slack Web API: records chat.postMessage / auth.test calls."""
 
     def __init__(self, token: str = "xoxb-fake-token") -> None:
@@ -556,20 +576,11 @@ class FakeSlack:
         self.calls: list[dict] = []
         self.fail_with: str | None = None  # a Slack error code, or "http500"
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.serve(self._handler())
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/api/"
-
-    def start(self) -> FakeSlack:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"http://127.0.0.1:{self.port}/api/"
 
     def reset(self) -> None:
         with self.lock:
@@ -627,7 +638,7 @@ class FakeSlack:
         return Handler
 
 
-class RedirectServer:
+class RedirectServer(LoopbackServer):
     """An S3 endpoint for a bucket in another region: every request gets AWS's answer, a
     301 PermanentRedirect with `x-amz-bucket-region` (no Location header).
 
@@ -641,20 +652,11 @@ class RedirectServer:
         self.region_in_body = region_in_body
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.serve(self._handler())
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def start(self) -> RedirectServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"http://127.0.0.1:{self.port}"
 
     def count(self, method: str | None = None) -> int:
         with self.lock:

@@ -12,7 +12,7 @@ from dockerfile_parse import DockerfileParser
 from replicator.config import SECRET_VARIABLES
 from tests.deploy.conftest import REPO
 
-# The seed README's `docker run` examples, vendored: a clone has no ../shared beside it.
+# The seed README's `docker run` examples, vendored: the seed README is not in this repository.
 SEED_RUNS = REPO / "tests" / "deploy" / "data" / "seed-docker-runs.md"
 
 
