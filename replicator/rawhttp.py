@@ -1,0 +1,184 @@
+"""A lean HTTP/1.1 client for presigned S3 requests: keep-alive, one connection per
+thread and host, every response header as sent.
+
+`http.client` parses each answer's headers with the `email` package, which cost more CPU
+than the rest of a small object's copy (the README's profile). S3's answers need none of
+it: a status line, `Name: value` lines, a body sized by Content-Length (or chunked).
+Only idempotent requests come here (GET, HEAD), so a reused connection that the server
+closed while idle is resent once on a fresh one.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from typing import NamedTuple
+from urllib.parse import SplitResult
+
+_LINE_MAX = 65536
+_BUFFER = 64 * 1024
+
+
+class Answer(NamedTuple):
+    status: int
+    reason: str
+    headers: dict[str, str]  # names in lower case; values decoded as ISO-8859-1
+    body: bytes | None  # None: a body above the caller's limit was left unread
+
+
+class Unreachable(OSError):
+    """No connection could be made (refused, unknown host, connect timeout)."""
+
+
+class ProtocolError(OSError):
+    """The server's answer is not HTTP/1.1 as this client reads it, or was cut short."""
+
+
+class _Idle(ProtocolError):
+    """The server closed a kept-alive connection before answering."""
+
+
+class Client:
+    def __init__(
+        self, context: ssl.SSLContext | None, connect_timeout: float, read_timeout: float
+    ) -> None:
+        self.context = context
+        self.timeouts = (connect_timeout, read_timeout)
+        self._local = threading.local()
+
+    def request(
+        self, method: str, url: SplitResult, headers: dict[str, str], limit: int = -1
+    ) -> Answer:
+        """One request; a body above `limit` (when >= 0) of a successful GET is not read
+        (the connection is closed instead: the caller reads it in parts)."""
+        target = f"{url.path}?{url.query}" if url.query else url.path or "/"
+        for resend in (False, True):
+            connection = self._connection(url)
+            reused = connection.used
+            try:
+                return connection.exchange(method, target, headers, limit)
+            except (_Idle, BrokenPipeError, ConnectionResetError):
+                self._drop(url)
+                if not reused or resend:
+                    raise
+            except BaseException:
+                self._drop(url)
+                raise
+        raise AssertionError("unreachable")
+
+    def _connection(self, url: SplitResult) -> _Connection:
+        conns: dict[str, _Connection] = self._local.__dict__.setdefault("conns", {})
+        connection = conns.get(url.netloc)
+        if connection is None or not connection.open:  # none yet, or closed after its answer
+            connection = conns[url.netloc] = _Connection(url, self.context, self.timeouts)
+        return connection
+
+    def _drop(self, url: SplitResult) -> None:
+        connection = self._local.__dict__.get("conns", {}).pop(url.netloc, None)
+        if connection is not None:
+            connection.close()
+
+
+class _Connection:
+    def __init__(
+        self, url: SplitResult, context: ssl.SSLContext | None, timeouts: tuple[float, float]
+    ) -> None:
+        host = url.hostname or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeouts[0])
+        except (ConnectionRefusedError, socket.gaierror, TimeoutError) as exc:
+            raise Unreachable(f"cannot connect to {url.netloc}: {exc!r}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(timeouts[1])
+        if url.scheme == "https":
+            try:
+                sock = (context or ssl.create_default_context()).wrap_socket(
+                    sock, server_hostname=host
+                )
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
+        self.file = sock.makefile("rb", buffering=_BUFFER)
+        self.host = url.netloc
+        self.used = False
+        self.open = True
+
+    def exchange(self, method: str, target: str, headers: dict[str, str], limit: int) -> Answer:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.used = True
+        status, reason, answer = self._head()
+        while 100 <= status < 200:  # an interim answer (we send no Expect): skip it
+            status, reason, answer = self._head()
+        keep = answer.get("connection", "").lower() != "close"
+        length = answer.get("content-length")
+        if method == "HEAD" or status in (204, 304):
+            body: bytes | None = b""
+        elif "chunked" in answer.get("transfer-encoding", "").lower():
+            body = self._chunked()
+        elif length is not None:
+            size = _int(length)
+            if 0 <= limit < size and status < 300:
+                self.close()
+                return Answer(status, reason, answer, None)
+            body = self._exactly(size)
+        else:  # the body ends when the server closes the connection
+            body, keep = self.file.read(), False
+        if not keep:
+            self.close()
+        return Answer(status, reason, answer, body)
+
+    def _head(self) -> tuple[int, str, dict[str, str]]:
+        line = self.file.readline(_LINE_MAX)
+        if not line:
+            raise _Idle("the server closed the connection without answering")
+        version, _, rest = line.decode("latin-1").partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise ProtocolError(f"not an HTTP/1.1 status line: {line[:100]!r}")
+        headers: dict[str, str] = {}
+        while True:
+            line = self.file.readline(_LINE_MAX)
+            if line in (b"\r\n", b"\n"):
+                return int(code), reason.strip(), headers
+            name, colon, value = line.decode("latin-1").partition(":")
+            if not colon or not line.endswith(b"\n"):
+                raise ProtocolError(f"bad header line: {line[:100]!r}")
+            headers[name.strip().lower()] = value.strip()
+
+    def _exactly(self, size: int) -> bytes:
+        data = self.file.read(size)
+        if len(data) != size:
+            raise ProtocolError(f"connection closed after {len(data)} of {size} body bytes")
+        return data
+
+    def _chunked(self) -> bytes:
+        chunks = []
+        while True:
+            line = self.file.readline(_LINE_MAX)
+            size = _int(line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while self.file.readline(_LINE_MAX) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers: none we need
+                return b"".join(chunks)
+            chunks.append(self._exactly(size))
+            self._exactly(2)  # the chunk's CRLF
+
+    def close(self) -> None:
+        self.open = False
+        self.file.close()
+        self.sock.close()
+
+
+def _int(text: str | bytes, base: int = 10) -> int:
+    try:
+        value = int(text, base)
+    except ValueError:
+        raise ProtocolError(f"not a length: {text[:40]!r}") from None
+    if value < 0:
+        raise ProtocolError(f"negative length {value}")
+    return value
