@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from .config import BucketPair, Settings
 
@@ -76,8 +76,9 @@ def shares_target(settings: Settings, pair: BucketPair, target_key: str) -> bool
 
 def pairs_for(settings: Settings, bucket: str, key: str) -> list[BucketPair]:
     """Every pair that replicates this source object (a bucket may feed several pairs)."""
-    return [
-        pair
-        for pair in settings.pairs
-        if pair.source_bucket == bucket and KeyFilter.for_pair(settings, pair).accepts(key)
-    ]
+    return [f.pair for f in _filters(settings) if f.pair.source_bucket == bucket and f.accepts(key)]
+
+
+@lru_cache(maxsize=8)  # one Settings per process: its filters are built once
+def _filters(settings: Settings) -> tuple[KeyFilter, ...]:
+    return tuple(KeyFilter.for_pair(settings, pair) for pair in settings.pairs)

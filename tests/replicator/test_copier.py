@@ -267,6 +267,37 @@ def test_a_lister_that_saw_no_target_object_saves_the_head(stack, pair):
     assert requests.spent() == {"source GetObject": 1, "target PutObject": 1}
 
 
+def test_a_stream_of_new_keys_is_written_first_until_keys_exist(stack, pair):
+    """After mostly new keys the engine skips the target HEAD; a key the target already
+    has then costs a refused PUT, is left as it is, and a few such keys bring the HEAD
+    back."""
+    src, dst, settings = pair
+    source = stack.source.client()
+    for i in range(120):
+        source.put_object(Bucket=src, Key=f"n/{i}", Body=b"new %d" % i)
+    copier = Copier(settings)
+    for i in range(100):
+        assert copier.copy(Task(bucket=src, key=f"n/{i}", origin="stream")).copied
+
+    requests = Requests(stack)
+    assert copier.copy(Task(bucket=src, key="n/100", origin="stream")).copied
+    assert requests.spent() == {"source GetObject": 1, "target PutObject": 1}
+    assert body(stack, dst, "n/100") == b"new 100"
+
+    stack.target.client().put_object(Bucket=dst, Key="n/101", Body=b"target's own")
+    requests = Requests(stack)
+    outcome = copier.copy(Task(bucket=src, key="n/101", origin="stream"))
+    assert outcome.copied and body(stack, dst, "n/101") == b"new 101"
+    spent = requests.spent()
+    assert spent["target PutObject"] == 2 and spent["target HeadObject"] == 1, spent
+
+    for i in range(3):  # replays of current keys
+        copier.copy(Task(bucket=src, key=f"n/{i}", origin="stream"))
+    requests = Requests(stack)
+    assert not copier.copy(Task(bucket=src, key="n/3", origin="stream")).copied
+    assert requests.spent() == {"target HeadObject": 1, "source HeadObject": 1}
+
+
 def test_a_stale_absent_hint_never_overwrites_blindly(stack, pair):
     """The target got the object after the listing: the write-first PUT is refused (412),
     the engine looks, and MIRROR_OVERWRITE=false keeps the target's object."""
