@@ -18,6 +18,8 @@ from urllib.parse import SplitResult
 
 _LINE_MAX = 65536
 _BUFFER = 64 * 1024
+_HEAD_MAX = 1 << 20  # a whole header section
+_PIECE = 1 << 20  # bodies are read in pieces: a Content-Length is only a claim
 
 
 class Answer(NamedTuple):
@@ -52,7 +54,8 @@ class Client:
     ) -> Answer:
         """One request; a body above `limit` (when >= 0) of a successful GET is not read
         (the connection is closed instead: the caller reads it in parts)."""
-        target = f"{url.path}?{url.query}" if url.query else url.path or "/"
+        path = url.path or "/"
+        target = f"{path}?{url.query}" if url.query else path
         for resend in (False, True):
             connection = self._connection(url)
             reused = connection.used
@@ -88,7 +91,7 @@ class _Connection:
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             sock = socket.create_connection((host, port), timeout=timeouts[0])
-        except (ConnectionRefusedError, socket.gaierror, TimeoutError) as exc:
+        except OSError as exc:  # no connection could be made, whatever the reason
             raise Unreachable(f"cannot connect to {url.netloc}: {exc!r}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeouts[1])
@@ -116,18 +119,26 @@ class _Connection:
             status, reason, answer = self._head()
         keep = answer.get("connection", "").lower() != "close"
         length = answer.get("content-length")
+        if status >= 300:
+            limit = -1  # error bodies are read (they are small; _exactly reads in pieces)
         if method == "HEAD" or status in (204, 304):
             body: bytes | None = b""
         elif "chunked" in answer.get("transfer-encoding", "").lower():
-            body = self._chunked()
+            body = self._chunked(limit)
         elif length is not None:
             size = _int(length)
-            if 0 <= limit < size and status < 300:
+            if 0 <= limit < size:
                 self.close()
                 return Answer(status, reason, answer, None)
-            body = self._exactly(size)
+            body = self._exactly(size, max(limit, _PIECE))
         else:  # the body ends when the server closes the connection
-            body, keep = self.file.read(), False
+            body = self.file.read() if limit < 0 else self.file.read(limit + 1)
+            keep = False
+            if body is not None and 0 <= limit < len(body):
+                body = None
+        if body is None:
+            self.close()
+            return Answer(status, reason, answer, None)
         if not keep:
             self.close()
         return Answer(status, reason, answer, body)
@@ -136,28 +147,45 @@ class _Connection:
         line = self.file.readline(_LINE_MAX)
         if not line:
             raise _Idle("the server closed the connection without answering")
-        version, _, rest = line.decode("latin-1").partition(" ")
+        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
         code, _, reason = rest.partition(" ")
-        if not version.startswith("HTTP/1.") or not code.isdigit():
+        if (
+            not version.startswith("HTTP/1.")
+            or not line.endswith(b"\n")
+            or not (len(code) == 3 and code.isascii() and code.isdigit())
+        ):
             raise ProtocolError(f"not an HTTP/1.1 status line: {line[:100]!r}")
         headers: dict[str, str] = {}
+        size = 0
         while True:
             line = self.file.readline(_LINE_MAX)
             if line in (b"\r\n", b"\n"):
-                return int(code), reason.strip(), headers
+                return int(code), reason.strip(" \t"), headers
+            size += len(line)
             name, colon, value = line.decode("latin-1").partition(":")
-            if not colon or not line.endswith(b"\n"):
+            if not colon or not line.endswith(b"\n") or size > _HEAD_MAX:
                 raise ProtocolError(f"bad header line: {line[:100]!r}")
-            headers[name.strip().lower()] = value.strip()
+            headers[name.strip(" \t").lower()] = value.strip(" \t\r\n")
 
-    def _exactly(self, size: int) -> bytes:
-        data = self.file.read(size)
-        if len(data) != size:
-            raise ProtocolError(f"connection closed after {len(data)} of {size} body bytes")
-        return data
+    def _exactly(self, size: int, trusted: int = _PIECE) -> bytes:
+        """`size` body bytes. Up to `trusted` bytes are read at once; a larger length is
+        only a claim, read in pieces so that a bogus one cannot reserve the memory."""
+        if size <= trusted:
+            data = self.file.read(size)
+            if len(data) != size:
+                raise ProtocolError(f"connection closed after {len(data)} of {size} body bytes")
+            return data
+        pieces, got = [], 0
+        while got < size:
+            piece = self.file.read(min(size - got, _PIECE))
+            if not piece:
+                raise ProtocolError(f"connection closed after {got} of {size} body bytes")
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
 
-    def _chunked(self) -> bytes:
-        chunks = []
+    def _chunked(self, limit: int) -> bytes | None:
+        chunks, got = [], 0
         while True:
             line = self.file.readline(_LINE_MAX)
             size = _int(line.split(b";", 1)[0].strip(), 16)
@@ -165,8 +193,12 @@ class _Connection:
                 while self.file.readline(_LINE_MAX) not in (b"\r\n", b"\n", b""):
                     pass  # trailers: none we need
                 return b"".join(chunks)
+            got += size
+            if 0 <= limit < got:
+                return None
             chunks.append(self._exactly(size))
-            self._exactly(2)  # the chunk's CRLF
+            if self.file.readline(3) not in (b"\r\n", b"\n"):
+                raise ProtocolError("a chunk longer than its size")
 
     def close(self) -> None:
         self.open = False

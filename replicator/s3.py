@@ -228,7 +228,7 @@ class S3:
         if compiled_key(key):
             url = urlsplit(obstore.sign(self.store(bucket), "GET", key, _SIGNED_FOR))
             ranged = {"Range": f"bytes={start}-{end}", "If-Match": f'"{etag}"'}
-            status, _, body = self._send("GET", url, ranged)
+            status, _, body = self._send("GET", url, ranged, limit=end - start + 1)
             if status == 404:
                 raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
             if body is None or len(body) != end - start + 1:
@@ -508,8 +508,10 @@ def _boto_status(exc: ClientError) -> int:
 
 def _head_from_http(headers: dict[str, str]) -> Head:
     """A Head from a raw answer's headers (names in lower case)."""
-    kept = {name: headers[low] for low, name in _KEPT_LOWER.items() if headers.get(low)}
-    metadata = {name[11:]: value for name, value in headers.items() if name[:11] == "x-amz-meta-"}
+    kept = {name: _text(headers[low]) for low, name in _KEPT_LOWER.items() if headers.get(low)}
+    metadata = {
+        name[11:]: _text(value) for name, value in headers.items() if name[:11] == "x-amz-meta-"
+    }
     tag_count = headers.get("x-amz-tagging-count") or "0"
     return Head(
         etag=headers.get("etag", "").strip('"'),
@@ -519,6 +521,19 @@ def _head_from_http(headers: dict[str, str]) -> Head:
         metadata=metadata,
         tag_count=int(tag_count) if tag_count.isdigit() else 0,
     )
+
+
+def _text(value: str) -> str:
+    """A header value as text. HTTP clients read values as ISO-8859-1 (one character per
+    byte); MinIO and S3 keep a non-ASCII Content-Disposition or Content-Language as its
+    raw UTF-8 bytes, and both write paths send text as UTF-8: decode it, or a copy would
+    carry it double-encoded. Bytes that are not UTF-8 stay as read."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode()
+    except UnicodeError:
+        return value
 
 
 @functools.lru_cache(maxsize=256)  # objects written in the same second share it
@@ -540,7 +555,7 @@ def _head_from_boto(response: dict[str, Any]) -> Head:
     for name, boto_name in _BOTO_NAMES.items():
         value = response.get(boto_name)
         if value:
-            kept[name] = value if isinstance(value, str) else _http_date(value)
+            kept[name] = _text(value) if isinstance(value, str) else _http_date(value)
     if "Expires" not in kept and response.get("ExpiresString"):
         kept["Expires"] = response["ExpiresString"]
     return Head(
@@ -548,7 +563,7 @@ def _head_from_boto(response: dict[str, Any]) -> Head:
         size=response["ContentLength"],
         mtime=response["LastModified"].isoformat(),
         headers=kept,
-        metadata={k.lower(): v for k, v in (response.get("Metadata") or {}).items()},
+        metadata={k.lower(): _text(v) for k, v in (response.get("Metadata") or {}).items()},
         tag_count=int(response.get("TagCount") or 0),
     )
 

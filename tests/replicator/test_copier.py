@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import http.client
 import urllib.request
 from collections.abc import Callable
+from urllib.parse import quote, urlsplit
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -296,6 +298,51 @@ def test_a_stream_of_new_keys_is_written_first_until_keys_exist(stack, pair):
     requests = Requests(stack)
     assert not copier.copy(Task(bucket=src, key="n/3", origin="stream")).copied
     assert requests.spent() == {"target HeadObject": 1, "source HeadObject": 1}
+
+
+def put_raw(server, bucket: str, key: str, headers: dict[str, bytes], data: bytes) -> None:
+    """A PUT whose header values go out as these exact bytes (boto3 would re-encode)."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(
+        "PUT",
+        f"{server.url}/{bucket}/{quote(key)}",
+        data=data,
+        headers={k: v.decode() for k, v in headers.items()},  # signed as UTF-8
+    )
+    credentials = Credentials(server.access_key, server.secret_key)
+    S3SigV4Auth(credentials, "s3", "us-east-1").add_auth(request)
+    url = urlsplit(request.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:  # bytes values go out as they are
+        connection.putrequest("PUT", url.path, skip_accept_encoding=True)
+        for name, value in request.headers.items():
+            connection.putheader(name, value.encode() if isinstance(value, str) else value)
+        connection.putheader("Content-Length", str(len(data)))
+        connection.endheaders(data)
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("key", ["small", "dir/", "big"])
+def test_raw_utf8_header_values_arrive_byte_for_byte(stack, pair, key):
+    """MinIO keeps a UTF-8 Content-Disposition as its raw bytes; every write path (obstore
+    PUT, boto3 PUT, multipart) must send those bytes, signed as they are sent."""
+    src, dst, settings = pair
+    headers = {
+        "Content-Disposition": "inline; filename=voilà".encode(),
+        "Content-Language": "Å".encode(),
+    }
+    data = b"x" * (17 * 1024 * 1024) if key == "big" else b"" if key == "dir/" else b"abc"
+    put_raw(stack.source, src, key, headers, data)
+
+    assert Copier(settings).copy(Task(bucket=src, key=key, origin="stream")).copied
+    got = stack.target.client().head_object(Bucket=dst, Key=key)["ResponseMetadata"]
+    raw = {name: got["HTTPHeaders"][name.lower()].encode("latin-1") for name in headers}
+    assert raw == headers
 
 
 def test_a_stale_absent_hint_never_overwrites_blindly(stack, pair):
