@@ -50,17 +50,23 @@ class Client:
         self._local = threading.local()
 
     def request(
-        self, method: str, url: SplitResult, headers: dict[str, str], limit: int = -1
+        self,
+        method: str,
+        url: SplitResult,
+        headers: dict[str, str],
+        limit: int = -1,
+        body: bytes = b"",
     ) -> Answer:
-        """One request; a body above `limit` (when >= 0) of a successful GET is not read
-        (the connection is closed instead: the caller reads it in parts)."""
+        """One request; a body above `limit` (when >= 0) of a successful answer is not
+        read (the connection is closed instead: the caller reads it in parts). A request
+        with a body must be safe to send twice (a conditional PUT is)."""
         path = url.path or "/"
         target = f"{path}?{url.query}" if url.query else path
         for resend in (False, True):
             connection = self._connection(url)
             reused = connection.used
             try:
-                return connection.exchange(method, target, headers, limit)
+                return connection.exchange(method, target, headers, limit, body)
             except (_Idle, BrokenPipeError, ConnectionResetError):
                 self._drop(url)
                 if not reused or resend:
@@ -109,10 +115,18 @@ class _Connection:
         self.used = False
         self.open = True
 
-    def exchange(self, method: str, target: str, headers: dict[str, str], limit: int) -> Answer:
+    def exchange(
+        self, method: str, target: str, headers: dict[str, str], limit: int, body: bytes
+    ) -> Answer:
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        # Values are text: sent as UTF-8, as they were signed (ASCII for all but a few).
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        if len(body) < _BUFFER:
+            self.sock.sendall(head + body)  # a small object goes out in one write
+        else:
+            self.sock.sendall(head)
+            self.sock.sendall(body)
         self.used = True
         status, reason, answer = self._head()
         while 100 <= status < 200:  # an interim answer (we send no Expect): skip it

@@ -1,22 +1,21 @@
 """The S3 layer: the clients of one endpoint and exactly the operations the product needs.
 
-The hot path: obstore (Rust `object_store`) makes the conditional PUT and signs every
-GET and HEAD, which go out over `rawhttp`'s keep-alive connections (only a raw answer
-shows every header, `Expires` included, and it costs a third of http.client's CPU).
-boto3 does what obstore cannot: keys obstore's paths cannot hold exactly (`dir/`, `./x`,
-control characters), `Expires` on a write, multipart uploads with a conditional
-complete, tags, deletes, bucket probes. Listings are signed by botocore and sent raw.
-Every failure leaves this module as a typed CopyError.
+Single requests (HEAD, GET, ranged reads, the conditional PUT, listings) are signed by
+`sigv4` and sent over `rawhttp`'s keep-alive connections: each costs a fraction of a
+client library's CPU, and the raw answer shows every header (`Expires` included) and
+the real status, so errors are typed from S3's own code. boto3 does the rest: multipart
+uploads (conditional complete), tags, deletes, bucket probes. Every failure leaves this
+module as a typed CopyError.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import datetime as dt
 import functools
+import hashlib
 import re
 import ssl
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -26,9 +25,6 @@ from typing import Any
 from urllib.parse import quote, unquote_plus, urlencode, urlsplit
 
 import boto3
-import obstore
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -36,10 +32,8 @@ from botocore.exceptions import (
     ConnectTimeoutError,
     EndpointConnectionError,
 )
-from obstore import exceptions as oe
-from obstore.store import S3Store
 
-from . import errors, rawhttp
+from . import errors, rawhttp, sigv4
 from .config import Endpoint, Settings
 from .errors import CopyError, Kind
 
@@ -53,22 +47,13 @@ KEPT_HEADERS = (
     "Expires",
 )
 _BOTO_NAMES = {name: name.replace("-", "") for name in KEPT_HEADERS}
-_OBSTORE_HEADERS = frozenset(KEPT_HEADERS) - {"Expires"}
 _KEPT_LOWER = {name.lower(): name for name in KEPT_HEADERS}
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
-_SIGNED_FOR = dt.timedelta(minutes=15)
-_CREDENTIALS_FOR = dt.timedelta(minutes=5)
 _BUCKET_SEEN_S = 60.0
-_STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
-_REGION = re.compile(r"<Region>([^<]+)</Region>")
-# A control character, or an empty, "." or ".." path segment.
-_HARD_KEY = re.compile(r"[\x00-\x1f\x7f]|(?:^|/)\.{0,2}(?:/|$)")
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-_CONNECT_FAILURES = ("tcp connect error", "dns error", "kind: Connect,", "ConnectTimeout")
-_CAUSE = re.compile(r'(?:kind: \w+, |ConnectError\(\s*|message: )"([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -92,12 +77,6 @@ class Listed:
     etag: str
 
 
-@functools.lru_cache(maxsize=1024)  # asked three times per copy
-def compiled_key(key: str) -> bool:
-    """Whether obstore's path type holds this key byte for byte (else boto3 carries it)."""
-    return _HARD_KEY.search(key) is None
-
-
 class S3:
     """One endpoint (the source MinIO or the target S3), on the side it plays."""
 
@@ -112,9 +91,7 @@ class S3:
         self.settings = settings
         self.session = _session(endpoint)
         self.boto = self._boto(pool)
-        self._stores: dict[str, S3Store] = {}
         self._buckets_seen: dict[str, float] = {}
-        self._lock = threading.Lock()
         self.http = rawhttp.Client(_tls(self.verify), CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
 
     # ---- clients ------------------------------------------------------------------
@@ -143,46 +120,9 @@ class S3:
             ),
         )
 
-    def store(self, bucket: str) -> S3Store:
-        with self._lock:
-            if bucket not in self._stores:
-                self._stores[bucket] = self._new_store(bucket)
-            return self._stores[bucket]
-
-    def _new_store(self, bucket: str) -> S3Store:
-        options: dict[str, Any] = {
-            "allow_http": True,
-            "connect_timeout": dt.timedelta(seconds=CONNECT_TIMEOUT_S),
-            "timeout": dt.timedelta(seconds=READ_TIMEOUT_S),
-            "pool_max_idle_per_host": "64",
-        }
-        if self.verify is False:
-            options["allow_invalid_certificates"] = True
-        elif isinstance(self.verify, str):
-            options["root_certificate"] = self.verify
-        config: dict[str, Any] = {"region": self.region}
-        if self.side == "target":
-            # Every write carries a checksum of the bytes read: the target verifies what
-            # arrived, and Object Lock buckets require one.
-            config["checksum_algorithm"] = "sha256"
-            if self.settings.sse:
-                config["server_side_encryption"] = self.settings.sse
-            if self.settings.sse_kms_key_id:
-                config["sse_kms_key_id"] = self.settings.sse_kms_key_id
-        if self.aws:
-            config["virtual_hosted_style_request"] = "." not in bucket
-        else:
-            config["endpoint"] = self.endpoint.url
-        return S3Store(
-            bucket,
-            config=config,
-            credential_provider=self._credentials,
-            client_options=options,
-            retry_config={"max_retries": 0, "retry_timeout": dt.timedelta(seconds=30)},
-        )
-
-    def _credentials(self) -> dict[str, Any]:
-        """obstore's credentials from the boto3 session (static keys or the AWS chain)."""
+    def _keys(self) -> tuple[str, str, str | None]:
+        """Access key, secret and token from the boto3 session (static keys or the AWS
+        chain; botocore refreshes a role's keys before they expire)."""
         found = self.session.get_credentials()
         if found is None:
             raise CopyError(
@@ -192,22 +132,13 @@ class S3:
                 self.side,
             )
         frozen = found.get_frozen_credentials()
-        refreshing = getattr(found, "refresh_needed", None) is not None
-        return {
-            "access_key_id": frozen.access_key,
-            "secret_access_key": frozen.secret_key,
-            "token": frozen.token,
-            # Refreshable (role) credentials are asked again often; botocore refreshes them.
-            "expires_at": dt.datetime.now(dt.UTC) + _CREDENTIALS_FOR if refreshing else None,
-        }
+        return frozen.access_key, frozen.secret_key, frozen.token
 
     # ---- reads --------------------------------------------------------------------
 
     def head(self, bucket: str, key: str) -> Head | None:
         """The object's identity, headers and metadata; None when there is no such key."""
-        if not compiled_key(key):
-            return self._boto_head(bucket, key)
-        status, headers, _ = self._raw("HEAD", bucket, key)
+        status, headers, _ = self._signed("HEAD", bucket, key)
         if status != 404:
             return _head_from_http(headers)
         if self.side == "source":  # the source's bucket must exist: say so if it doesn't
@@ -216,28 +147,20 @@ class S3:
 
     def get(self, bucket: str, key: str, limit: int) -> tuple[Head, bytes | None]:
         """Identity and bytes in one GET; no bytes (the stream closed) above `limit`."""
-        if not compiled_key(key):
-            return self._boto_get(bucket, key, limit)
-        status, headers, body = self._raw("GET", bucket, key, limit=limit)
+        status, headers, body = self._signed("GET", bucket, key, limit=limit)
         if status == 404:
             raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
         return _head_from_http(headers), body
 
     def read(self, bucket: str, key: str, etag: str, start: int, end: int) -> bytes:
         """Bytes start..end (inclusive) of the version with this ETag; CONFLICT if it changed."""
-        if compiled_key(key):
-            url = urlsplit(obstore.sign(self.store(bucket), "GET", key, _SIGNED_FOR))
-            ranged = {"Range": f"bytes={start}-{end}", "If-Match": f'"{etag}"'}
-            status, _, body = self._send("GET", url, ranged, limit=end - start + 1)
-            if status == 404:
-                raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
-            if body is None or len(body) != end - start + 1:
-                raise errors.broken(self.side, f"short read of bytes {start}-{end}")
-            return body
-        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "IfMatch": etag}
-        if start or end >= 0:
-            args["Range"] = f"bytes={start}-{end}"
-        return self._boto_call("get_object", **args)["Body"].read()
+        ranged = {"Range": f"bytes={start}-{end}", "If-Match": f'"{etag}"'}
+        status, _, body = self._signed("GET", bucket, key, headers=ranged, limit=end - start + 1)
+        if status == 404:
+            raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
+        if body is None or len(body) != end - start + 1:
+            raise errors.broken(self.side, f"short read of bytes {start}-{end}")
+        return body
 
     # ---- writes -------------------------------------------------------------------
 
@@ -253,25 +176,26 @@ class S3:
     ) -> str:
         """A single PUT if the target is as we saw it: `when` is "absent" or the ETag it
         must still have. Returns the new ETag; CONFLICT when the condition failed."""
-        if not compiled_key(key) or "Expires" in head.headers:
-            condition = {"IfNoneMatch": "*"} if when == "absent" else {"IfMatch": when}
-            args = {**self.write_args(head, metadata, tags), **condition}
-            args["ChecksumAlgorithm"] = "SHA256"
-            return self._boto_call("put_object", Bucket=bucket, Key=key, Body=body, **args)[
-                "ETag"
-            ].strip('"')
-        attributes = {k: v for k, v in head.headers.items() if k in _OBSTORE_HEADERS}
-        attributes.update(metadata)
-        if self.settings.storage_class:
-            attributes["Storage-Class"] = self.settings.storage_class
-        mode: Any = "create" if when == "absent" else {"e_tag": f'"{when}"'}
-        try:
-            result = obstore.put(
-                self.store(bucket), key, body, attributes=attributes, mode=mode, tags=tags or None
-            )
-        except Exception as exc:
-            raise self._obstore_error(exc, bucket) from exc
-        return (result["e_tag"] or "").strip('"')
+        digest = hashlib.sha256(body)
+        headers = {**head.headers, **{f"x-amz-meta-{k}": v for k, v in metadata.items()}}
+        headers["Content-Length"] = str(len(body))
+        headers["x-amz-checksum-sha256"] = base64.b64encode(digest.digest()).decode()
+        headers.update({"If-None-Match": "*"} if when == "absent" else {"If-Match": f'"{when}"'})
+        if tags:
+            headers["x-amz-tagging"] = urlencode(tags, quote_via=quote)
+        for name, value in (
+            ("x-amz-storage-class", self.settings.storage_class),
+            ("x-amz-server-side-encryption", self.settings.sse),
+            ("x-amz-server-side-encryption-aws-kms-key-id", self.settings.sse_kms_key_id),
+        ):
+            if value:
+                headers[name] = value
+        status, answer, _ = self._signed(
+            "PUT", bucket, key, headers=headers, body=body, payload=digest.hexdigest()
+        )
+        if status == 404:  # no NoSuchBucket in the body: whatever it is, not a write
+            raise errors.answer(self.side, "", 404, "PUT answered 404")
+        return answer.get("etag", "").strip('"')
 
     def write_args(
         self, head: Head, metadata: dict[str, str], tags: dict[str, str] | None = None
@@ -312,17 +236,6 @@ class S3:
             self.boto.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
 
     # ---- probes and listings ------------------------------------------------------
-
-    def _region_of(self, bucket: str) -> str:
-        """The bucket's real region, from S3's `x-amz-bucket-region` (a HEAD bucket)."""
-        try:
-            answer = self.boto.head_bucket(Bucket=bucket)
-        except ClientError as exc:
-            answer = exc.response
-        except Exception:
-            return ""
-        headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
-        return headers.get("x-amz-bucket-region", "")
 
     def _bucket_exists(self, bucket: str) -> None:
         """A HEAD's 404 has no body to say whether the key or the bucket is missing: ask
@@ -372,47 +285,42 @@ class S3:
                 return
 
     def _signed_get(self, bucket: str, query: dict[str, str]) -> bytes:
-        url = urlsplit(self.endpoint.url)
-        if self.aws and "." not in bucket:
-            base = f"{url.scheme}://{bucket}.{url.netloc}/"
-        else:
-            base = f"{url.scheme}://{url.netloc}/{quote(bucket)}"
-        request = AWSRequest("GET", f"{base}?{urlencode(query, quote_via=quote)}")
-        credentials = self.session.get_credentials().get_frozen_credentials()
-        S3SigV4Auth(credentials, "s3", self.region).add_auth(request)
-        status, _, body = self._send("GET", urlsplit(request.url), dict(request.headers.items()))
+        status, _, body = self._signed("GET", bucket, "", query)
         if status == 404:
             raise errors.answer(self.side, "NoSuchBucket", 404, bucket)
         return body or b""
+
+    def _signed(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        payload: str = sigv4.EMPTY_SHA256,
+        limit: int = -1,
+    ) -> tuple[int, dict[str, str], bytes | None]:
+        """A request signed here (SigV4 over every header) and sent raw."""
+        url = urlsplit(self.endpoint.url)
+        if self.aws and "." not in bucket:
+            host, path = f"{bucket}.{url.netloc}", f"/{key}"
+        else:
+            host, path = url.netloc, f"/{bucket}/{key}" if key else f"/{bucket}"
+        canonical = "&".join(
+            f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted((query or {}).items())
+        )
+        signed = sigv4.sign(
+            method, host, path, canonical, headers or {}, payload, self._keys(), self.region
+        )
+        target = urlsplit(f"{url.scheme}://{host}{quote(path, safe='/~')}?{canonical}")
+        return self._send(method, target, signed, limit, body)
 
     # ---- boto3 paths --------------------------------------------------------------
 
     def _boto_call(self, method: str, **args: Any) -> Any:
         try:
             return getattr(self.boto, method)(**args)
-        except Exception as exc:
-            raise self.boto_error(exc) from exc
-
-    def _boto_head(self, bucket: str, key: str) -> Head | None:
-        try:
-            return _head_from_boto(self.boto.head_object(Bucket=bucket, Key=key))
-        except ClientError as exc:
-            if _boto_status(exc) == 404:
-                if self.side == "source":
-                    self._bucket_exists(bucket)
-                return None
-            raise self.boto_error(exc) from exc
-        except Exception as exc:
-            raise self.boto_error(exc) from exc
-
-    def _boto_get(self, bucket: str, key: str, limit: int) -> tuple[Head, bytes | None]:
-        response = self._boto_call("get_object", Bucket=bucket, Key=key)
-        head = _head_from_boto(response)
-        if head.size > limit:
-            response["Body"].close()
-            return head, None
-        try:
-            return head, response["Body"].read()
         except Exception as exc:
             raise self.boto_error(exc) from exc
 
@@ -436,41 +344,15 @@ class S3:
             return errors.broken(self.side, str(exc))
         return CopyError(Kind.PERMANENT, f"{self.side}: unexpected {exc!r}", self.side)
 
-    # ---- obstore and raw HTTP paths -----------------------------------------------
-
-    def _obstore_error(self, exc: BaseException, bucket: str) -> CopyError:
-        text = str(exc)
-        if isinstance(exc, oe.AlreadyExistsError | oe.PreconditionError):
-            return CopyError(Kind.CONFLICT, f"{self.side} precondition failed", self.side)
-        if "redirect" in text.lower():  # a 301 (wrong region): obstore hides the header
-            return errors.answer(self.side, "PermanentRedirect", 301, "", self._region_of(bucket))
-        status = int(m.group(1)) if (m := _STATUS.search(text)) else 0
-        if status:
-            message = m.group(1) if (m := _MESSAGE.search(text)) else ""
-            region = m.group(1) if (m := _REGION.search(text)) else ""
-            return errors.answer(self.side, _code(exc), status, message, region)
-        # obstore's message ends in its cause chain: a failed connect (refused, DNS, connect
-        # timeout) may mean the endpoint is down; anything after it is this request's.
-        detail = _CAUSE.findall(text)
-        cause = detail[-1] if detail else text.split("\n", 1)[0][:300]
-        if any(sign in text for sign in _CONNECT_FAILURES):
-            return errors.down(self.side, cause)
-        return errors.broken(self.side, cause)
-
-    def _raw(
-        self, method: str, bucket: str, key: str, limit: int = 0
-    ) -> tuple[int, dict[str, str], bytes | None]:
-        """A request presigned by obstore; S3 errors raise, a missing key returns 404."""
-        url = urlsplit(obstore.sign(self.store(bucket), method, key, _SIGNED_FOR))
-        return self._send(method, url, {}, limit)
+    # ---- raw HTTP ------------------------------------------------------------------
 
     def _send(
-        self, method: str, url: Any, headers: dict[str, str], limit: int = -1
+        self, method: str, url: Any, headers: dict[str, str], limit: int = -1, body: bytes = b""
     ) -> tuple[int, dict[str, str], bytes | None]:
         """One request on this thread's keep-alive connection to the URL's host. A body
         above `limit` (when >= 0) is not read: the caller reads it in parts."""
         try:
-            answer = self.http.request(method, url, headers, limit)
+            answer = self.http.request(method, url, headers, limit, body)
         except rawhttp.Unreachable as exc:
             raise errors.down(self.side, str(exc)) from exc
         except OSError as exc:
@@ -496,10 +378,6 @@ def _session(endpoint: Endpoint) -> boto3.session.Session:
             aws_session_token=endpoint.session_token or None,
         )
     return boto3.session.Session()
-
-
-def _code(exc: BaseException) -> str:
-    return m.group(1) if (m := _CODE.search(str(exc))) else ""
 
 
 def _boto_status(exc: ClientError) -> int:
@@ -548,30 +426,6 @@ def _tls(verify: bool | str) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def _head_from_boto(response: dict[str, Any]) -> Head:
-    kept = {}
-    for name, boto_name in _BOTO_NAMES.items():
-        value = response.get(boto_name)
-        if value:
-            kept[name] = _text(value) if isinstance(value, str) else _http_date(value)
-    if "Expires" not in kept and response.get("ExpiresString"):
-        kept["Expires"] = response["ExpiresString"]
-    return Head(
-        etag=response["ETag"].strip('"'),
-        size=response["ContentLength"],
-        mtime=response["LastModified"].isoformat(),
-        headers=kept,
-        metadata={k.lower(): _text(v) for k, v in (response.get("Metadata") or {}).items()},
-        tag_count=int(response.get("TagCount") or 0),
-    )
-
-
-def _http_date(value: dt.datetime) -> str:
-    from email.utils import format_datetime
-
-    return format_datetime(value.astimezone(dt.UTC), usegmt=True)
 
 
 def client(endpoint: Endpoint, settings: Settings, pool: int = 10, side: str = "target") -> Any:

@@ -329,8 +329,8 @@ def put_raw(server, bucket: str, key: str, headers: dict[str, bytes], data: byte
 
 @pytest.mark.parametrize("key", ["small", "dir/", "big"])
 def test_raw_utf8_header_values_arrive_byte_for_byte(stack, pair, key):
-    """MinIO keeps a UTF-8 Content-Disposition as its raw bytes; every write path (obstore
-    PUT, boto3 PUT, multipart) must send those bytes, signed as they are sent."""
+    """MinIO keeps a UTF-8 Content-Disposition as its raw bytes; both write paths (the
+    single PUT, multipart) must send those bytes, signed as they are sent."""
     src, dst, settings = pair
     headers = {
         "Content-Disposition": "inline; filename=voilà".encode(),
@@ -362,8 +362,8 @@ def test_a_stale_absent_hint_never_overwrites_blindly(stack, pair):
 
 @pytest.mark.parametrize("key", ["plain.txt", "dir/", "big.bin"])
 def test_writes_carry_a_checksum_tags_and_the_storage_class(stack, pair, key):
-    """Every path (obstore PUT, boto3 PUT for keys obstore can't hold, multipart) sends a
-    SHA-256 the target checks, the source's tags and AWS_STORAGE_CLASS."""
+    """Every write path (the single PUT for any key, multipart) sends a SHA-256 the
+    target checks, the source's tags and AWS_STORAGE_CLASS."""
     src, dst, _ = pair
     data = b"" if key.endswith("/") else (b"x" * (17 * 1024 * 1024) if key == "big.bin" else b"hi")
     stack.source.client().put_object(Bucket=src, Key=key, Body=data, Tagging="team=a%20b&n=1")
