@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, unquote_plus, urlencode, urlsplit
+from urllib.parse import SplitResult, quote, unquote_plus, urlencode, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -84,9 +84,8 @@ class S3:
         self.endpoint = endpoint
         self.side = side
         self.region = settings.aws_region or "us-east-1"
-        self.aws = urlsplit(endpoint.url).hostname is not None and (
-            urlsplit(endpoint.url).hostname or ""
-        ).endswith("amazonaws.com")
+        self.url = urlsplit(endpoint.url)
+        self.aws = (self.url.hostname or "").endswith("amazonaws.com")
         self.verify: bool | str = settings.ca_bundle or settings.tls_verify
         self.settings = settings
         self.session = _session(endpoint)
@@ -302,7 +301,7 @@ class S3:
         limit: int = -1,
     ) -> tuple[int, dict[str, str], bytes | None]:
         """A request signed here (SigV4 over every header) and sent raw."""
-        url = urlsplit(self.endpoint.url)
+        url = self.url
         if self.aws and "." not in bucket:
             host, path = f"{bucket}.{url.netloc}", f"/{key}"
         else:
@@ -313,7 +312,7 @@ class S3:
         signed = sigv4.sign(
             method, host, path, canonical, headers or {}, payload, self._keys(), self.region
         )
-        target = urlsplit(f"{url.scheme}://{host}{quote(path, safe='/~')}?{canonical}")
+        target = SplitResult(url.scheme, host, quote(path, safe="/~"), canonical, "")
         return self._send(method, target, signed, limit, body)
 
     # ---- boto3 paths --------------------------------------------------------------
