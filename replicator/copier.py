@@ -150,9 +150,10 @@ class Copier:
         self.buffers = Budget(PART_BUDGET)
         self.parts = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="part")
 
-    def copy(self, task: Task) -> Outcome:
+    def copy(self, task: Task, *, replay: bool = False) -> Outcome:
         """Copy (or, for a removal, delete) one task's object for every pair it belongs
-        to; raises CopyError."""
+        to; raises CopyError. A `replay` (a redelivered or retried task) has likely been
+        copied already: it always looks before it writes."""
         if not any(p.source_bucket == task.bucket for p in self.settings.pairs):
             raise CopyError(Kind.PERMANENT, f"bucket {task.bucket!r} is in no configured pair")
         if task.removal and not self.settings.delete:
@@ -160,8 +161,10 @@ class Copier:
         pairs = pairs_for(self.settings, task.bucket, task.key)
         if not pairs:
             return Outcome(False, "excluded (MIRROR_EXCLUDE/MIRROR_PREFIX or pair path)")
-        one = self._delete_pair if task.removal else self._copy_pair
-        outcomes = [one(task, pair) for pair in pairs]
+        if task.removal:
+            outcomes = [self._delete_pair(task, pair) for pair in pairs]
+        else:
+            outcomes = [self._copy_pair(task, pair, replay) for pair in pairs]
         done = [o for o in outcomes if o.copied or o.deleted]
         if done:
             return Outcome(
@@ -199,13 +202,13 @@ class Copier:
                 return Outcome(False, "deleted", deleted=True)
         raise CopyError(Kind.TRANSIENT, "target kept changing while deleting", "target")
 
-    def _copy_pair(self, task: Task, pair: BucketPair) -> Outcome:
+    def _copy_pair(self, task: Task, pair: BucketPair, replay: bool = False) -> Outcome:
         bucket, key = pair.target_bucket, pair.target_key(task.key)
         with self.locks.hold(f"{bucket}/{key}"):
             # A lister that saw no target object, or a stream of new keys, saves the HEAD:
-            # write first, look on 412.
+            # write first, look on 412. A replay looks first (design 7.1: two HEADs).
             guess = task.target_absent and len(self.settings.pairs) == 1
-            guess = guess or self.fresh.likely()
+            guess = not replay and (guess or self.fresh.likely())
             for _ in range(CHASES):
                 target = None if guess else self.target.head(bucket, key)
                 if target is None:

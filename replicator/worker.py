@@ -95,6 +95,7 @@ class Delivery:
     tag: int
     body: bytes
     headers: dict
+    redelivered: bool = False  # RabbitMQ delivered it before (to a worker that died)
     decision: Decision | None = None  # set by the copy thread
     subject: str = ""
     settled: bool = False  # set by the connection thread once acted on: may be acked
@@ -139,10 +140,12 @@ class Worker:
             policy.record(decision)
             log.warning("dead-lettering a malformed message: %s", exc)
             return decision
+        # Seen before (redelivered, retried, replayed from the DLQ): likely copied already.
+        replay = delivery.redelivered or message.FIRST_FAILURE in delivery.headers
         metrics.IN_FLIGHT.inc()
         try:
             for task in tasks:
-                decision = self._one(task, attempt)
+                decision = self._one(task, attempt, replay)
                 if decision.action != "ack":
                     delivery.subject = f"{task.bucket}/{task.key}"
                     return decision
@@ -150,13 +153,13 @@ class Worker:
             metrics.IN_FLIGHT.dec()
         return Decision("ack")
 
-    def _one(self, task: Task, attempt: int) -> Decision:
+    def _one(self, task: Task, attempt: int, replay: bool = False) -> Decision:
         """Copy one task, holding while an endpoint is down; the policy decides failures."""
         started = time.monotonic()
         held_since = 0.0
         while True:
             try:
-                outcome = self._copy(task)
+                outcome = self._copy(task, replay)
             except CopyError as exc:
                 kind = exc.kind
                 if kind is Kind.DOWN and self.endpoints[exc.side or "target"].up():
@@ -179,16 +182,16 @@ class Worker:
             self._record(task, attempt, outcome, time.monotonic() - started)
             return Decision("ack", outcome.reason)
 
-    def _copy(self, task: Task) -> Outcome:
+    def _copy(self, task: Task, replay: bool) -> Outcome:
         """The copy, with in-process retries of transient failures (tenacity is entered
         only after a first failure: most copies succeed at once)."""
         try:
-            return self.copier.copy(task)
+            return self.copier.copy(task, replay=replay)
         except CopyError as exc:
             if exc.kind is not Kind.TRANSIENT:
                 raise
         self.stopping.wait(random.uniform(0, 0.4))
-        return self.retrying(self.copier.copy, task)
+        return self.retrying(self.copier.copy, task, replay=True)
 
     def _record(self, task: Task, attempt: int, outcome: Outcome, seconds: float) -> None:
         """Count one finished task (per-object lines are debug: the counters carry it)."""
@@ -279,7 +282,8 @@ class Worker:
 
             def on_message(channel, method, properties, body) -> None:
                 self._delivered = time.monotonic()
-                delivery = Delivery(method.delivery_tag, body, dict(properties.headers or {}))
+                headers = dict(properties.headers or {})
+                delivery = Delivery(method.delivery_tag, body, headers, method.redelivered)
                 self._outstanding[delivery.tag] = delivery
                 metrics.UNACKED.set(len(self._outstanding))
                 future = pool.submit(self.handle, delivery)

@@ -1,0 +1,66 @@
+"""The worker's handling of one delivery against the real source and target MinIO (no
+RabbitMQ needed: `handle` is the copy thread's whole job)."""
+
+from __future__ import annotations
+
+import pytest
+
+from replicator import config, message
+from replicator.task import Task
+from replicator.worker import Delivery, Worker
+from tests.conftest import base_env
+from tests.replicator.test_copier import Requests
+
+
+@pytest.fixture
+def worker(stack, buckets):
+    src, dst = buckets("source"), buckets("target")
+    settings = config.load({**base_env(stack), "BUCKET_PAIR": f"minio/{src}:aws/{dst}"})
+    stack.source.client().put_object(Bucket=src, Key="k", Body=b"copied already")
+    work = Worker(settings, concurrency=2)
+    first = Delivery(1, Task(bucket=src, key="k", origin="stream").to_json(), {})
+    assert work.handle(first).action == "ack"
+    return src, work
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        {"redelivered": True},
+        {"headers": {message.FIRST_FAILURE: "2026-11-25T00:00:00+00:00", message.ATTEMPT: 1}},
+        {"headers": {message.FIRST_FAILURE: "2026-11-25T00:00:00+00:00"}},  # dlq replay
+    ],
+    ids=["redelivered", "retried", "replayed from the dlq"],
+)
+def test_a_task_seen_before_looks_before_it_writes(stack, worker, delivery):
+    """Even while a stream of new keys has the engine writing first, a task RabbitMQ
+    delivered before (or a retry, or a DLQ replay) of an up-to-date object costs two
+    HEADs (design 7.1), not a GET and a refused PUT."""
+    src, work = worker
+    body = Task(bucket=src, key="k", origin="stream").to_json()
+    work.copier.fresh.share = 1.0  # as after a long stream of new keys
+
+    requests = Requests(stack)
+    decision = work.handle(
+        Delivery(
+            2,
+            body,
+            delivery.get("headers", {}),
+            **{k: v for k, v in delivery.items() if k != "headers"},
+        )
+    )
+    assert decision.action == "ack"
+    assert requests.spent() == {"target HeadObject": 1, "source HeadObject": 1}
+
+
+def test_a_first_delivery_writes_first_while_keys_are_new(stack, worker):
+    """The other side of the same switch: a first delivery, in the same state, tries the
+    write (and finds the object there)."""
+    src, work = worker
+    work.copier.fresh.share = 1.0
+
+    requests = Requests(stack)
+    again = Delivery(2, Task(bucket=src, key="k", origin="stream").to_json(), {})
+    assert work.handle(again).action == "ack"
+    spent = requests.spent()
+    assert spent["source GetObject"] == 1 and spent["target PutObject"] == 1, spent
