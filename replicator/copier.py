@@ -33,12 +33,12 @@ SOURCE_MTIME = "mirror-source-mtime"
 SOURCE_META = "mirror-source-meta"  # fingerprint of the source's kept headers and metadata
 OURS = (SOURCE_ETAG, SOURCE_MTIME, SOURCE_META)
 MiB = 1024 * 1024
-PART_SIZE = 8 * MiB
+PART_SIZE = 16 * MiB
 MULTIPART_THRESHOLD = 16 * MiB
 MAX_PARTS = 10_000
-PART_BUDGET = 8 * PART_SIZE  # bytes of parts in memory at once, for the whole process
+PART_BUDGET = 3 * PART_SIZE  # bytes of parts in memory at once, for the whole process
 PART_THREADS = 8
-PARTS_PER_UPLOAD = 4  # parts of one object in flight at once
+PARTS_PER_UPLOAD = 3  # parts of one object in flight at once
 PART_TRIES = 3
 # Each part carries a CRC32 the target verifies (AWS SDKs' own default): a tenth of
 # SHA-256's CPU per byte on both sides, for bulk bytes. A single PUT keeps SHA-256,
@@ -103,7 +103,7 @@ class Freshness:
 
 class Budget:
     """Bytes of part buffers the process may hold at once. A part larger than the whole
-    budget (objects above ~78 GiB have parts above 8 MiB) waits until it is alone."""
+    budget (objects above ~470 GiB have parts above 48 MiB) waits until it is alone."""
 
     def __init__(self, total: int) -> None:
         self.total, self.used = total, 0
