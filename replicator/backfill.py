@@ -24,7 +24,7 @@ from .broker import Publisher, PublishFailed
 from .config import BucketPair, Settings
 from .copier import SOURCE_ETAG, Copier
 from .deletes import Deleter
-from .errors import CopyError
+from .errors import CopyError, Kind
 from .filters import KeyFilter
 from .s3 import S3
 from .task import Task
@@ -46,6 +46,7 @@ class PairReport:
     current: int = 0
     excluded: int = 0
     queued: int = 0  # enqueued, copied (--direct) or, with --dry-run, would be
+    gone: int = 0  # --direct: deleted from the source after the listing, nothing to copy
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     deletes: bool = False  # --delete was given
@@ -67,6 +68,10 @@ class PairReport:
     def done(self) -> None:
         with self._lock:
             self.queued += 1
+
+    def vanished(self) -> None:
+        with self._lock:
+            self.gone += 1
 
 
 def reason(exc: BaseException) -> str:
@@ -207,6 +212,11 @@ class Backfill:
     def _copy(self, task: Task, report: PairReport) -> None:
         try:
             self.copier.copy(task)
+        except CopyError as exc:
+            if exc.kind is Kind.MOOT and exc.side == "source":  # deleted since the listing
+                report.vanished()
+            else:
+                report.fail(f"{task.key}: {reason(exc)}")
         except EXPECTED as exc:
             report.fail(f"{task.key}: {reason(exc)}")
         except Exception as exc:  # a bug in one copy must not hide the others' results
@@ -223,6 +233,7 @@ def render(reports: list[PairReport], *, direct: bool, dry_run: bool) -> str:
         lines.append(
             f"{r.pair}: listed {r.listed}, already current {r.current}, excluded {r.excluded}, "
             f"{verb} {r.queued}, failed {r.failed}"
+            + (f", gone from the source since the listing {r.gone}" if r.gone else "")
         )
         if r.deletes:
             lines.append(f"  deletes: {_delete_outcome(r, dry_run)}")

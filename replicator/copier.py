@@ -11,10 +11,12 @@ It talks to the S3 layer only.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import threading
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -318,6 +320,8 @@ class Copier:
         )
 
         def one(number: int, start: int, end: int) -> dict[str, object]:
+            if end - start + 1 > self.buffers.total:  # too large to hold: stream it
+                return self._stream_part(task, source, bucket, key, upload, number, start, end)
             with self.buffers.hold(end - start + 1):
                 body = self._read(task, source, start, end)
                 part = self.target.multipart(
@@ -348,6 +352,29 @@ class Copier:
         finally:
             for future in futures:
                 future.cancel()
+
+    def _stream_part(
+        self,
+        task: Task,
+        source: Head,
+        bucket: str,
+        key: str,
+        upload: str,
+        number: int,
+        start: int,
+        end: int,
+    ) -> dict[str, object]:
+        """A part larger than the whole buffer budget (objects above ~470 GiB), read twice
+        and never held: once for its CRC32, once into the upload, which the target
+        refuses unless the bytes match that CRC32 (both reads pinned by the ETag)."""
+        crc = 0
+        for piece in self.source.stream(task.bucket, task.key, source.etag, start, end):
+            crc = zlib.crc32(piece, crc)
+        checksum = base64.b64encode(crc.to_bytes(4, "big")).decode()
+        pieces = self.source.stream(task.bucket, task.key, source.etag, start, end)
+        return self.target.upload_part(
+            bucket, key, upload, number, end - start + 1, checksum, pieces
+        )
 
     def probe(self, side: str) -> bool:
         """Whether that endpoint answers at all (used to tell an outage from one bad key)."""

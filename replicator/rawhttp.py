@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 from urllib.parse import SplitResult
 
@@ -55,13 +56,16 @@ class Client:
         url: SplitResult,
         headers: dict[str, str],
         limit: int = -1,
-        body: bytes = b"",
+        body: bytes | Iterable[bytes] = b"",
     ) -> Answer:
         """One request; a body above `limit` (when >= 0) of a successful answer is not
-        read (the connection is closed instead: the caller reads it in parts). A request
-        with a body must be safe to send twice (a conditional PUT is)."""
+        read (the connection is closed instead: the caller reads it in parts). A bytes
+        body must be safe to send twice (a conditional PUT is); a streamed body (an
+        iterable of pieces) goes out once, on a fresh connection."""
         path = url.path or "/"
         target = f"{path}?{url.query}" if url.query else path
+        if not isinstance(body, bytes):
+            self._drop(url)  # a fresh connection: no idle close to resend after
         for resend in (False, True):
             connection = self._connection(url)
             reused = connection.used
@@ -69,12 +73,50 @@ class Client:
                 return connection.exchange(method, target, headers, limit, body)
             except (_Idle, BrokenPipeError, ConnectionResetError):
                 self._drop(url)
-                if not reused or resend:
+                if not reused or resend or not isinstance(body, bytes):
                     raise
             except BaseException:
                 self._drop(url)
                 raise
         raise AssertionError("unreachable")
+
+    def pieces(
+        self, url: SplitResult, headers: dict[str, str], size: int
+    ) -> tuple[Answer, Iterator[bytes]]:
+        """A GET whose successful body (`size` bytes) the caller reads piece by piece, on
+        a connection of its own (kept afterwards only if read whole). Any other answer
+        comes back whole, with no pieces."""
+        path = url.path or "/"
+        target = f"{path}?{url.query}" if url.query else path
+        self._drop(url)
+        connection = self._connection(url)
+        self._local.__dict__["conns"].pop(url.netloc)  # ours until the body is read
+        try:
+            status, reason, answer = connection.start("GET", target, headers, b"")
+            if not (200 <= status < 300 and answer.get("content-length") == str(size)):
+                return connection.finish("GET", status, reason, answer, -1), iter(())
+        except BaseException:
+            connection.close()
+            raise
+        return Answer(status, reason, answer, None), self._read(url, connection, size)
+
+    def _read(self, url: SplitResult, connection: _Connection, size: int) -> Iterator[bytes]:
+        whole = False
+        try:
+            got = 0
+            while got < size:
+                piece = connection.file.read(min(size - got, _PIECE))
+                if not piece:
+                    raise ProtocolError(f"connection closed after {got} of {size} body bytes")
+                got += len(piece)
+                yield piece
+            whole = True
+        finally:
+            conns = self._local.__dict__.setdefault("conns", {})
+            if whole and url.netloc not in conns:
+                conns[url.netloc] = connection
+            else:
+                connection.close()
 
     def _connection(self, url: SplitResult) -> _Connection:
         conns: dict[str, _Connection] = self._local.__dict__.setdefault("conns", {})
@@ -116,21 +158,40 @@ class _Connection:
         self.open = True
 
     def exchange(
-        self, method: str, target: str, headers: dict[str, str], limit: int, body: bytes
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        limit: int,
+        body: bytes | Iterable[bytes],
     ) -> Answer:
+        status, reason, answer = self.start(method, target, headers, body)
+        return self.finish(method, status, reason, answer, limit)
+
+    def start(
+        self, method: str, target: str, headers: dict[str, str], body: bytes | Iterable[bytes]
+    ) -> tuple[int, str, dict[str, str]]:
+        """Send the request; read the answer's status and headers."""
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         # Values are text: sent as UTF-8, as they were signed (ASCII for all but a few).
         head = ("\r\n".join(lines) + "\r\n\r\n").encode()
-        if len(body) < _BUFFER:
+        if isinstance(body, bytes) and len(body) < _BUFFER:
             self.sock.sendall(head + body)  # a small object goes out in one write
         else:
             self.sock.sendall(head)
-            self.sock.sendall(body)
+            for piece in [body] if isinstance(body, bytes) else body:
+                self.sock.sendall(piece)
         self.used = True
         status, reason, answer = self._head()
         while 100 <= status < 200:  # an interim answer (we send no Expect): skip it
             status, reason, answer = self._head()
+        return status, reason, answer
+
+    def finish(
+        self, method: str, status: int, reason: str, answer: dict[str, str], limit: int
+    ) -> Answer:
+        """Read the body as `exchange` promises."""
         keep = answer.get("connection", "").lower() != "close"
         length = answer.get("content-length")
         if status >= 300:

@@ -18,7 +18,7 @@ import re
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -161,7 +161,45 @@ class S3:
             raise errors.broken(self.side, f"short read of bytes {start}-{end}")
         return body
 
+    def stream(self, bucket: str, key: str, etag: str, start: int, end: int) -> Iterator[bytes]:
+        """Like `read`, piece by piece as the caller iterates: for a part too large to
+        hold. Its failures are this side's typed errors, wherever the pieces go."""
+        size = end - start + 1
+        ranged = {"Range": f"bytes={start}-{end}", "If-Match": f'"{etag}"'}
+        url, signed = self._sign("GET", bucket, key, None, ranged)
+        try:
+            answer, pieces = self.http.pieces(url, signed, size)
+            if answer.status == 404:
+                raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
+            self._check(answer)
+            if answer.body is not None:  # not the range asked for (a 200 of the whole)
+                raise errors.broken(self.side, f"short read of bytes {start}-{end}")
+            yield from pieces
+        except rawhttp.Unreachable as exc:
+            raise errors.down(self.side, str(exc)) from exc
+        except OSError as exc:
+            raise errors.broken(self.side, repr(exc)) from exc
+
     # ---- writes -------------------------------------------------------------------
+
+    def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload: str,
+        number: int,
+        size: int,
+        crc32: str,
+        pieces: Iterable[bytes],
+    ) -> dict[str, Any]:
+        """One part of `size` bytes streamed from `pieces`, with the CRC32 (base64) they
+        must have: the target refuses the part otherwise."""
+        headers = {"Content-Length": str(size), "x-amz-checksum-crc32": crc32}
+        query = {"partNumber": str(number), "uploadId": upload}
+        _, answer, _ = self._signed(
+            "PUT", bucket, key, query, headers, pieces, payload=sigv4.UNSIGNED
+        )
+        return {"PartNumber": number, "ETag": answer.get("etag", ""), "ChecksumCRC32": crc32}
 
     def put(
         self,
@@ -296,11 +334,23 @@ class S3:
         key: str,
         query: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
-        body: bytes = b"",
+        body: bytes | Iterable[bytes] = b"",
         payload: str = sigv4.EMPTY_SHA256,
         limit: int = -1,
     ) -> tuple[int, dict[str, str], bytes | None]:
         """A request signed here (SigV4 over every header) and sent raw."""
+        url, signed = self._sign(method, bucket, key, query, headers or {}, payload)
+        return self._send(method, url, signed, limit, body)
+
+    def _sign(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        query: dict[str, str] | None,
+        headers: dict[str, str],
+        payload: str = sigv4.EMPTY_SHA256,
+    ) -> tuple[SplitResult, dict[str, str]]:
         url = self.url
         if self.aws and "." not in bucket:
             host, path = f"{bucket}.{url.netloc}", f"/{key}"
@@ -310,10 +360,9 @@ class S3:
             f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted((query or {}).items())
         )
         signed = sigv4.sign(
-            method, host, path, canonical, headers or {}, payload, self._keys(), self.region
+            method, host, path, canonical, headers, payload, self._keys(), self.region
         )
-        target = SplitResult(url.scheme, host, quote(path, safe="/~"), canonical, "")
-        return self._send(method, target, signed, limit, body)
+        return SplitResult(url.scheme, host, quote(path, safe="/~"), canonical, ""), signed
 
     # ---- boto3 paths --------------------------------------------------------------
 
@@ -346,7 +395,12 @@ class S3:
     # ---- raw HTTP ------------------------------------------------------------------
 
     def _send(
-        self, method: str, url: Any, headers: dict[str, str], limit: int = -1, body: bytes = b""
+        self,
+        method: str,
+        url: Any,
+        headers: dict[str, str],
+        limit: int = -1,
+        body: bytes | Iterable[bytes] = b"",
     ) -> tuple[int, dict[str, str], bytes | None]:
         """One request on this thread's keep-alive connection to the URL's host. A body
         above `limit` (when >= 0) is not read: the caller reads it in parts."""
@@ -356,16 +410,20 @@ class S3:
             raise errors.down(self.side, str(exc)) from exc
         except OSError as exc:
             raise errors.broken(self.side, repr(exc)) from exc
-        body = answer.body
-        if answer.status == 404 and b"NoSuchBucket" not in (body or b""):
+        if answer.status == 404 and b"NoSuchBucket" not in (answer.body or b""):
             return 404, answer.headers, None
-        if answer.status >= 300:
-            text = (body or b"").decode(errors="replace")
-            code = m.group(1) if (m := _CODE.search(text)) else str(answer.status)
-            message = m.group(1) if (m := _MESSAGE.search(text)) else answer.reason
-            region = answer.headers.get("x-amz-bucket-region", "")
-            raise errors.answer(self.side, code, answer.status, message, region)
-        return answer.status, answer.headers, body
+        self._check(answer)
+        return answer.status, answer.headers, answer.body
+
+    def _check(self, answer: rawhttp.Answer) -> None:
+        """Raise the typed error of an S3 error answer (status 300 and up)."""
+        if answer.status < 300:
+            return
+        text = (answer.body or b"").decode(errors="replace")
+        code = m.group(1) if (m := _CODE.search(text)) else str(answer.status)
+        message = m.group(1) if (m := _MESSAGE.search(text)) else answer.reason
+        region = answer.headers.get("x-amz-bucket-region", "")
+        raise errors.answer(self.side, code, answer.status, message, region)
 
 
 def _session(endpoint: Endpoint) -> boto3.session.Session:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+UNSIGNED = "UNSIGNED-PAYLOAD"  # a streamed body; its x-amz-checksum-* covers it instead
 
 
 def sign(

@@ -524,3 +524,24 @@ def test_a_removal_never_deletes_a_key_another_pair_writes(stack, buckets):
     outcome = Copier(settings).copy(removal(src, "k"))
     assert not outcome.deleted and "another pair" in outcome.reason
     assert body(stack, dst, "one/k") == b"x"
+
+
+def test_a_part_larger_than_the_buffer_budget_is_streamed_never_held(stack, pair):
+    """Objects above ~470 GiB have parts above the whole budget: such a part is read
+    twice as a stream (its CRC32, then the upload the target checks against it)."""
+    from replicator.copier import Budget
+
+    src, dst, settings = pair
+    data = bytes(range(256)) * (17 * 4096)  # 17 MiB: a 16 MiB part and a 1 MiB one
+    stack.source.client().put_object(Bucket=src, Key="huge", Body=data)
+    copier = Copier(settings)
+    copier.buffers = Budget(4 * 1024 * 1024)  # as if the parts were hundreds of MiB
+    requests = Requests(stack)
+
+    assert copier.copy(Task(bucket=src, key="huge", origin="backfill")).copied
+    spent = requests.spent()
+    # the size GET, the 16 MiB part twice (streamed), the 1 MiB part once (held)
+    assert spent["source GetObject"] == 4 and spent["target PutObjectPart"] == 2, spent
+    assert body(stack, dst, "huge") == data
+    head = stack.target.client().head_object(Bucket=dst, Key="huge", ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32"), head

@@ -392,3 +392,20 @@ def test_object_lock_copies_are_retained(stack, aws_like, pair):
     head = aws_like.client().head_object(Bucket=dst, Key="kept")
     assert head["ObjectLockMode"] == "GOVERNANCE" and head["ObjectLockRetainUntilDate"]
     assert body(aws_like, dst, "kept") == b"immutable"
+
+
+def test_a_part_larger_than_the_buffer_budget_is_streamed_never_held(stack, aws_like, pair):
+    """The streamed part (UNSIGNED-PAYLOAD, x-amz-checksum-crc32) on the AWS-like target,
+    Object Lock buckets included."""
+    from replicator.copier import Budget
+
+    src, dst, settings = pair
+    data = bytes(range(256)) * (17 * 4096)
+    stack.source.client().put_object(Bucket=src, Key="huge", Body=data)
+    copier = Copier(settings)
+    copier.buffers = Budget(4 * 1024 * 1024)
+    requests = Requests(stack, aws_like)
+
+    assert copier.copy(Task(bucket=src, key="huge", origin="backfill")).copied
+    assert requests.spent()["target UploadPart"] == 2
+    assert body(aws_like, dst, "huge") == data

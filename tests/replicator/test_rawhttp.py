@@ -841,3 +841,71 @@ def test_a_network_that_cannot_be_reached_is_unreachable(client):
     # Linux refuses a TCP connect to a broadcast address with ENETUNREACH, at once
     with pytest.raises(rawhttp.Unreachable):
         client.request("GET", urlsplit("http://255.255.255.255:80/b/k"), {})
+
+
+# ---- streamed bodies (a part too large to hold) --------------------------------------
+
+
+def test_a_streamed_body_comes_in_pieces_and_the_connection_is_kept_once_read_whole(serve, client):
+    data = bytes(range(256)) * 9000  # above one piece
+    reply = b"HTTP/1.1 206 Partial\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+    server = serve(answers(reply, OK))
+    answer, pieces = client.pieces(server.url(), {"Range": "bytes=0-1"}, len(data))
+    assert answer.status == 206 and answer.body is None
+    got = list(pieces)
+    assert b"".join(got) == data and len(got) > 1
+    assert ok(client.request("GET", server.url(), {}))
+    assert server.accepts == 1
+
+
+def test_a_stream_left_half_read_closes_its_connection(serve, client):
+    data = b"x" * (3 * 1024 * 1024)
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+    server = serve(answers(reply, OK))
+    _, pieces = client.pieces(server.url(), {}, len(data))
+    next(pieces)
+    pieces.close()  # the caller gave up (its upload failed)
+    assert ok(client.request("GET", server.url(), {}))
+    assert server.accepts == 2
+
+
+def test_a_stream_answered_otherwise_comes_back_whole_without_pieces(serve, client):
+    error = b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 7\r\n\r\n<Error>"
+    server = serve(answers(error))
+    answer, pieces = client.pieces(server.url(), {}, 10)
+    assert (answer.status, answer.body, list(pieces)) == (412, b"<Error>", [])
+
+
+def test_a_stream_cut_short_is_a_protocol_error(serve, client):
+    def script(peer: Peer) -> None:
+        peer.request()
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        peer.close()
+
+    server = serve(script)
+    _, pieces = client.pieces(server.url(), {}, 10)
+    with pytest.raises(rawhttp.ProtocolError):
+        list(pieces)
+
+
+def test_a_streamed_request_body_is_sent_whole_on_a_fresh_connection(serve, client):
+    received: list[bytes] = []
+
+    def script(peer: Peer) -> None:
+        while (head := peer.request()) is not None:
+            length = int(head.lower().split("content-length: ")[1].split("\r\n")[0])
+            received.append(peer.file.read(length) if length else b"")
+            peer.send(OK)
+
+    server = serve(script)
+    assert ok(client.request("GET", server.url(), {"Content-Length": "0"}))
+    pieces = (b"%d," % i * 1000 for i in range(50))
+    answer = client.request(
+        "PUT",
+        server.url(),
+        {"Content-Length": str(sum(len(b"%d," % i * 1000) for i in range(50)))},
+        body=pieces,
+    )
+    assert ok(answer)
+    assert received[1] == b"".join(b"%d," % i * 1000 for i in range(50))
+    assert server.accepts == 2  # never sent on a connection the server may have closed
