@@ -5,8 +5,8 @@ in parts through a fixed buffer budget, keeps headers and user metadata, and rec
 source identity on the target. Every write is conditional on the target being as we saw
 it (If-None-Match / If-Match), and a replacement re-checks the source after writing, so
 an older version never stays over a newer one. A new object costs a target HEAD, one
-source GET and the PUT; an up-to-date one a target HEAD and a source HEAD.
-It talks to the S3 layer only.
+source GET and the PUT (no HEAD while keys keep being new: `Freshness`); an up-to-date
+one a target HEAD and a source HEAD. It talks to the S3 layer only.
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ class Freshness:
 
 
 class Budget:
-    """Bytes of part buffers the process may hold at once. A part larger than the whole
-    budget (objects above ~470 GiB have parts above 48 MiB) waits until it is alone."""
+    """Bytes of part buffers the process may hold at once. (A part larger than the whole
+    budget, in objects above ~470 GiB, is streamed instead; were one held, it would wait
+    until it is alone.)"""
 
     def __init__(self, total: int) -> None:
         self.total, self.used = total, 0

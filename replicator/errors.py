@@ -58,6 +58,11 @@ TRANSIENT_CODES = frozenset(
         "ThrottlingException",
         "RequestLimitExceeded",
         "TooManyRequests",
+        "ClientDisconnected",  # MinIO (499) on requests cut off while it shuts down
+        # The bytes did not match their checksum: reads are pinned by ETag, so the
+        # transfer was damaged, and the next try sends them again.
+        "BadDigest",
+        "XAmzContentChecksumMismatch",
     }
 )
 CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -86,7 +91,7 @@ def kind_of(code: str, status: int) -> Kind:
         return Kind.MOOT
     if code in PERMANENT_CODES or status == 301:
         return Kind.PERMANENT
-    if code in TRANSIENT_CODES or status in (408, 429) or status >= 500:
+    if code in TRANSIENT_CODES or status in (408, 429, 499) or status >= 500:
         return Kind.TRANSIENT  # a 5xx with no code (a proxy's page) fails this key, not the side
     if 400 <= status < 500:
         return Kind.PERMANENT

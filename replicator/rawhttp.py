@@ -88,13 +88,13 @@ class Client:
         comes back whole, with no pieces."""
         path = url.path or "/"
         target = f"{path}?{url.query}" if url.query else path
-        self._drop(url)
-        connection = self._connection(url)
-        self._local.__dict__["conns"].pop(url.netloc)  # ours until the body is read
+        connection = _Connection(url, self.context, self.timeouts)  # ours until read
         try:
             status, reason, answer = connection.start("GET", target, headers, b"")
             if not (200 <= status < 300 and answer.get("content-length") == str(size)):
-                return connection.finish("GET", status, reason, answer, -1), iter(())
+                whole = connection.finish("GET", status, reason, answer, -1)
+                connection.close()
+                return whole, iter(())
         except BaseException:
             connection.close()
             raise

@@ -104,9 +104,9 @@ class S3:
             config=Config(
                 s3={
                     "addressing_style": "auto" if self.aws else "path",
-                    # Writes carry x-amz-checksum-sha256, which the target checks: a second
-                    # SHA-256 of every body for the signature (botocore's default over
-                    # plain http) only costs CPU.
+                    # Writes carry an x-amz-checksum-* the target checks: hashing every
+                    # body again for the signature (botocore's default over plain http)
+                    # only costs CPU.
                     "payload_signing_enabled": False,
                 },
                 signature_version="s3v4",
@@ -169,7 +169,7 @@ class S3:
         url, signed = self._sign("GET", bucket, key, None, ranged)
         try:
             answer, pieces = self.http.pieces(url, signed, size)
-            if answer.status == 404:
+            if answer.status == 404 and b"NoSuchBucket" not in (answer.body or b""):
                 raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
             self._check(answer)
             if answer.body is not None:  # not the range asked for (a 200 of the whole)

@@ -28,6 +28,10 @@ from replicator.errors import Kind, answer, broken, down, kind_of
         ("", 502, Kind.TRANSIENT),  # a load balancer's page: this key failed, not the side
         ("504", 504, Kind.TRANSIENT),
         ("", 429, Kind.TRANSIENT),
+        ("ClientDisconnected", 499, Kind.TRANSIENT),  # MinIO shutting down mid-request
+        ("", 499, Kind.TRANSIENT),
+        ("BadDigest", 400, Kind.TRANSIENT),
+        ("XAmzContentChecksumMismatch", 400, Kind.TRANSIENT),
     ],
 )
 def test_kind_of_an_answer(code, status, kind):
