@@ -41,10 +41,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll predicate until it returns something truthy, or fail naming `what`."""
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.0
+) -> object:
+    """Poll predicate until it returns something truthy, or fail naming `what`. Polls
+    back off from 0.05 to 0.5 s, or come every `poll` seconds (a short-lived state)."""
     deadline = time.monotonic() + timeout
-    delay = 0.05
+    delay = poll or 0.05
     while True:
         value = predicate()
         if value:
@@ -52,7 +55,7 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> ob
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        delay = poll or min(delay * 1.5, 0.5)
 
 
 def binary(name: str) -> str:

@@ -34,12 +34,16 @@ def test_sigkill_of_a_worker_in_the_middle_of_a_large_copy(
     src, dst = source_bucket(AMQP_ARN), buckets("target")
     env = pair_env(src, dst)
     first = procs("work", **env)
-    big = {"large/object.bin": (os.urandom(160 * 1024 * 1024), "video/mp4", {"camera": "7"})}
+    big = {"large/object.bin": (os.urandom(192 * 1024 * 1024), "video/mp4", {"camera": "7"})}
     target = stack.target.client()
 
     upload(notifying.client(), src, big)
+    # The copy takes about a second: look often, or it may be over between two looks.
     local_stack.wait_until(
-        lambda: target.list_multipart_uploads(Bucket=dst).get("Uploads"), 120, "a copy under way"
+        lambda: target.list_multipart_uploads(Bucket=dst).get("Uploads"),
+        120,
+        "a copy under way",
+        poll=0.01,
     )
     first.stop(signal.SIGKILL)
     procs("work", **env)
@@ -125,12 +129,16 @@ def test_sigterm_drains_the_copy_in_flight(
 ):
     src, dst = source_bucket(AMQP_ARN), buckets("target")
     worker = procs("work", **pair_env(src, dst))
-    big = {"large/drained.bin": (os.urandom(96 * 1024 * 1024), "application/zip", {})}
+    big = {"large/drained.bin": (os.urandom(192 * 1024 * 1024), "application/zip", {})}
     target = stack.target.client()
 
     upload(notifying.client(), src, big)
+    # The copy takes about a second: look often, or it may be over between two looks.
     local_stack.wait_until(
-        lambda: target.list_multipart_uploads(Bucket=dst).get("Uploads"), 120, "a copy under way"
+        lambda: target.list_multipart_uploads(Bucket=dst).get("Uploads"),
+        120,
+        "a copy under way",
+        poll=0.01,
     )
 
     assert worker.stop(signal.SIGTERM, timeout=120) == 0
