@@ -62,8 +62,7 @@ class Client:
         read (the connection is closed instead: the caller reads it in parts). A bytes
         body must be safe to send twice (a conditional PUT is); a streamed body (an
         iterable of pieces) goes out once, on a fresh connection."""
-        path = url.path or "/"
-        target = f"{path}?{url.query}" if url.query else path
+        target = _target(url)
         if not isinstance(body, bytes):
             self._drop(url)  # a fresh connection: no idle close to resend after
         for resend in (False, True):
@@ -86,8 +85,7 @@ class Client:
         """A GET whose successful body (`size` bytes) the caller reads piece by piece, on
         a connection of its own (kept afterwards only if read whole). Any other answer
         comes back whole, with no pieces."""
-        path = url.path or "/"
-        target = f"{path}?{url.query}" if url.query else path
+        target = _target(url)
         connection = _Connection(url, self.context, self.timeouts)  # ours until read
         try:
             status, reason, answer = connection.start("GET", target, headers, b"")
@@ -279,6 +277,12 @@ class _Connection:
         self.open = False
         self.file.close()
         self.sock.close()
+
+
+def _target(url: SplitResult) -> str:
+    """The request line's target: the path (`/` when empty) and the query."""
+    path = url.path or "/"
+    return f"{path}?{url.query}" if url.query else path
 
 
 def _int(text: str | bytes, base: int = 10) -> int:

@@ -148,15 +148,15 @@ class S3:
         """Identity and bytes in one GET; no bytes (the stream closed) above `limit`."""
         status, headers, body = self._signed("GET", bucket, key, limit=limit)
         if status == 404:
-            raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
+            raise self._gone()
         return _head_from_http(headers), body
 
     def read(self, bucket: str, key: str, etag: str, start: int, end: int) -> bytes:
         """Bytes start..end (inclusive) of the version with this ETag; CONFLICT if it changed."""
-        ranged = {"Range": f"bytes={start}-{end}", "If-Match": f'"{etag}"'}
+        ranged = _ranged(etag, start, end)
         status, _, body = self._signed("GET", bucket, key, headers=ranged, limit=end - start + 1)
         if status == 404:
-            raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
+            raise self._gone()
         if body is None or len(body) != end - start + 1:
             raise errors.broken(self.side, f"short read of bytes {start}-{end}")
         return body
@@ -165,12 +165,12 @@ class S3:
         """Like `read`, piece by piece as the caller iterates: for a part too large to
         hold. Its failures are this side's typed errors, wherever the pieces go."""
         size = end - start + 1
-        ranged = {"Range": f"bytes={start}-{end}", "If-Match": f'"{etag}"'}
+        ranged = _ranged(etag, start, end)
         url, signed = self._sign("GET", bucket, key, None, ranged)
         try:
             answer, pieces = self.http.pieces(url, signed, size)
             if answer.status == 404 and b"NoSuchBucket" not in (answer.body or b""):
-                raise CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
+                raise self._gone()
             self._check(answer)
             if answer.body is not None:  # not the range asked for (a 200 of the whole)
                 raise errors.broken(self.side, f"short read of bytes {start}-{end}")
@@ -179,6 +179,9 @@ class S3:
             raise errors.down(self.side, str(exc)) from exc
         except OSError as exc:
             raise errors.broken(self.side, repr(exc)) from exc
+
+    def _gone(self) -> CopyError:
+        return CopyError(Kind.MOOT, "source object is gone (404)", self.side, "NoSuchKey")
 
     # ---- writes -------------------------------------------------------------------
 
@@ -474,6 +477,11 @@ def _text(value: str) -> str:
 @functools.lru_cache(maxsize=256)  # objects written in the same second share it
 def _iso_time(http_date: str) -> str:
     return parsedate_to_datetime(http_date).isoformat()
+
+
+def _ranged(etag: str, start: int, end: int) -> dict[str, str]:
+    """Headers of a read of bytes start..end pinned to the version with this ETag."""
+    return {"Range": f"bytes={start}-{end}", "If-Match": f'"{etag}"'}
 
 
 def _tls(verify: bool | str) -> ssl.SSLContext:
