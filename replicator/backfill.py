@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from .copier import SOURCE_ETAG, Copier
 from .deletes import Deleter
 from .errors import CopyError, Kind
 from .filters import KeyFilter
-from .s3 import S3
+from .s3 import S3, Listed
 from .task import Task
 
 log = logging.getLogger(__name__)
@@ -83,11 +82,6 @@ def reason(exc: BaseException) -> str:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
         return f"{error.get('Code') or status}: {error.get('Message') or exc}"
     return str(exc) or type(exc).__name__
-
-
-def listing(s3: S3, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
-    for item in s3.list(bucket, prefix):
-        yield {"Key": item.key, "Size": item.size, "ETag": item.etag}
 
 
 class Backfill:
@@ -148,66 +142,69 @@ class Backfill:
         accepts = KeyFilter.for_pair(self.settings, pair).accepts
         source_prefix = pair.source_prefix(self.settings.prefix)
         target_prefix = pair.target_prefix(self.settings.prefix)
-        targets = listing(self.target, pair.target_bucket, target_prefix)
+        targets = self.target.list(pair.target_bucket, target_prefix)
         target = next(targets, None)
         progress = tqdm(desc=str(pair), unit=" keys", disable=not sys.stderr.isatty())
-        last_log, pending = time.monotonic(), deque()
-        for obj in listing(self.source, pair.source_bucket, source_prefix):
+        next_log, pending = time.monotonic() + LOG_EVERY_S, deque()
+        for obj in self.source.list(pair.source_bucket, source_prefix):
             report.listed += 1
             progress.update()
-            if not accepts(obj["Key"]):
+            if progress.disable and report.listed % 1000 == 0 and time.monotonic() > next_log:
+                log.info("%s: %d listed, %d to copy so far", pair, report.listed, report.queued)
+                next_log = time.monotonic() + LOG_EVERY_S
+            if not accepts(obj.key):
                 report.excluded += 1
                 continue
-            want = pair.target_key(obj["Key"])
-            while target is not None and target["Key"] < want:  # merge: skip target-only
+            want = pair.target_key(obj.key)
+            while target is not None and target.key < want:  # merge: skip target-only
                 target = next(targets, None)
-            same = target if target is not None and target["Key"] == want else None
+            same = target if target is not None and target.key == want else None
             try:
                 current = self._current(obj, same, pair.target_bucket)
             except EXPECTED as exc:  # one key: count it, carry on
-                report.fail(f"{obj['Key']}: target HEAD failed: {reason(exc)}")
+                report.fail(f"{obj.key}: target HEAD failed: {reason(exc)}")
                 continue
             if current:
                 report.current += 1
-            else:
-                pending.append(self._send(pair, obj, report, absent=same is None))
+                continue
+            copy = self._send(pair, obj, report, absent=same is None)
+            if copy is not None:
+                pending.append(copy)
                 while len(pending) > PENDING_COPIES:  # backpressure keeps memory flat
                     pending.popleft().result()
-            if time.monotonic() - last_log > LOG_EVERY_S and progress.disable:
-                log.info("%s: %d listed, %d to copy so far", pair, report.listed, report.queued)
-                last_log = time.monotonic()
         for future in pending:
             future.result()
         progress.close()
 
-    def _current(self, obj: dict[str, Any], target: dict[str, Any] | None, bucket: str) -> bool:
-        if target is None or target["Size"] != obj["Size"]:
+    def _current(self, obj: Listed, target: Listed | None, bucket: str) -> bool:
+        if target is None or target.size != obj.size:
             return False
-        if target["ETag"] == obj["ETag"]:
+        if target.etag == obj.etag:
             return True
-        head = self.target.head(bucket, target["Key"])
-        return head is not None and head.metadata.get(SOURCE_ETAG) == obj["ETag"]
+        head = self.target.head(bucket, target.key)
+        return head is not None and head.metadata.get(SOURCE_ETAG) == obj.etag
 
     def _send(
-        self, pair: BucketPair, obj: dict[str, Any], report: PairReport, *, absent: bool
-    ) -> Future[None]:
+        self, pair: BucketPair, obj: Listed, report: PairReport, *, absent: bool
+    ) -> Future[None] | None:
+        """Copy (--direct: the pending copy), enqueue, or with --dry-run only count."""
+        if self.dry_run:
+            report.done()
+            return None
         # The listed size tells the copy engine whether one GET can carry the object.
         task = Task(
             bucket=pair.source_bucket,
-            key=obj["Key"],
+            key=obj.key,
             origin="backfill",
-            etag=obj["ETag"].strip('"'),
-            size=obj["Size"],
+            etag=obj.etag,
+            size=obj.size,
             target_absent=absent,
         )
         if self.pool:
             return self.pool.submit(self._copy, task, report)
-        if self.publisher:
-            self.publisher.publish(task.to_json())  # PublishFailed stops the pair
+        self.publisher.publish(task.to_json())  # PublishFailed stops the pair
         report.done()
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
+        return None
 
     def _copy(self, task: Task, report: PairReport) -> None:
         try:

@@ -81,7 +81,7 @@ def source_checks(settings: Settings) -> list[Check]:
     s3 = S3(settings.source, settings, "source", 4)
 
     def readable(bucket: str) -> str:
-        first = next(iter(s3.list(bucket, "")), None)
+        first = next(iter(s3.list(bucket, "", page=1)), None)
         if first is None:
             return "listed (empty bucket)"
         s3.get(bucket, first.key, limit=0)  # a GET: its headers prove read access
@@ -105,7 +105,7 @@ def target_check(s3: S3, settings: Settings, bucket: str, read_only: bool) -> Ch
     conditional, with a checksum, the storage class and the encryption configured."""
     name = f"target {bucket}"
     try:
-        next(iter(s3.list(bucket, PROBE_PREFIX)), None)
+        next(iter(s3.list(bucket, PROBE_PREFIX, page=1)), None)
     except Exception as exc:
         return s3_failure(name, exc)
     if read_only:

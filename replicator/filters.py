@@ -59,7 +59,7 @@ class KeyFilter:
         suffix = self.suffix(key)
         if suffix is None:
             return False
-        return not any(p.fullmatch(suffix.encode()) for p in self._patterns)
+        return not self._patterns or not any(p.fullmatch(suffix.encode()) for p in self._patterns)
 
 
 def shares_target(settings: Settings, pair: BucketPair, target_key: str) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import stack as local_stack
 
 from replicator import config
 from replicator.errors import Kind
@@ -136,3 +139,29 @@ def test_a_keep_alive_connection_the_server_dropped_is_used_once_more_fresh(sour
             assert (status, body) == (200, b"ok")
     finally:
         server.shutdown()
+
+
+def test_a_listing_reads_one_page_ahead_and_stops_when_abandoned(stack, buckets):
+    """While the caller works through a page, the next one is already requested (the
+    server's work overlaps ours), but never more than one: an abandoned listing stops."""
+    bucket = buckets("target")
+    for i in range(7):
+        stack.target.client().put_object(Bucket=bucket, Key=f"k{i}", Body=b"")
+    proxy = local_stack.FaultProxy(stack.target.url).start()
+    try:
+        env = {**base_env(stack), "BUCKET_PAIR": f"minio/unused:aws/{bucket}", "AWS_URL": proxy.url}
+        settings = config.load(env)
+        s3 = S3(settings.target, settings, "target")
+        pages = lambda: proxy.count("", "GET")  # noqa: E731 (a listing has no key)
+
+        listing = s3.list(bucket, "", page=2)
+        assert next(listing).key == "k0"
+        local_stack.wait_until(lambda: pages() == 2, 10, "the second page requested")
+        time.sleep(0.5)  # a listing reading further ahead would ask for page 3 by now
+        assert pages() == 2
+        listing.close()  # returns once the page in flight is in
+
+        assert [item.key for item in s3.list(bucket, "", page=2)] == [f"k{i}" for i in range(7)]
+        assert pages() == 2 + 4
+    finally:
+        proxy.stop()
