@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 
-from stack import BIN, Stack, free_port  # noqa: E402
+from stack import BIN, MinioServer, Stack, free_port  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("minio-s3-mirror"))
 ROUNDS = 3
@@ -55,8 +55,10 @@ Row = tuple[str, str, str, str]
 # ---- the stack ---------------------------------------------------------------------
 
 
-def fill(stack: Stack, bucket: str, count: int, size: int) -> None:
-    client = stack.source.client()
+def fill(
+    stack: Stack, bucket: str, count: int, size: int, server: MinioServer | None = None
+) -> None:
+    client = (server or stack.source).client()
     client.create_bucket(Bucket=bucket)
     body = os.urandom(size)
     with ThreadPoolExecutor(32) as pool:
@@ -538,8 +540,6 @@ def bench_latency(stack: Stack) -> list[Row]:
 def latency_run(stack: Stack, queue_dir: bool) -> Row:
     import json
 
-    from stack import MinioServer
-
     port, token = free_port(), "bench-token"
     notify = {
         "MINIO_NOTIFY_WEBHOOK_ENABLE_bench": "on",
@@ -618,34 +618,52 @@ def latency_run(stack: Stack, queue_dir: bool) -> Row:
 
 
 def bench_backfill_listing(stack: Stack) -> list[Row]:
-    """Backfill listing of 100,000 keys (dry run): keys/s against mc ls, CPU, peak RSS."""
+    """Backfill listing of 100,000 keys (dry run) against mc ls: keys/s, CPU, peak RSS.
+
+    Twice: to an empty target (its listing is one page) and to a target that already
+    holds every key (a re-run: both listings are full, twice the keys mc lists)."""
     count = 100_000
     fill(stack, "bench-bf", count, 0)
-    stack.target.client().create_bucket(Bucket="bench-bf-target")
-    theirs = mc(stack, "ls", "--recursive", "minio/bench-bf")
-    env = env_for(stack, BUCKET_PAIR="minio/bench-bf:aws/bench-bf-target")
-    mine = run_child([CLI, "backfill", "--prefix", "o", "--dry-run"], env, stack)
-    return [
-        (
-            "backfill --dry-run listing 100,000 keys",
-            "keys/s, ours / `mc ls --recursive`",
-            f"{theirs.seconds / mine.seconds:.2f}×",
-            f"ours {count / mine.seconds:.0f}/s (both sides listed, process start included), "
-            f"mc ls {count / theirs.seconds:.0f}/s (one side)",
-        ),
-        (
-            "backfill listing 100,000 keys",
-            "CPU-ms per key",
-            f"{cpu_ms([mine], count, 'ours', 3)}; mc ls {theirs.client_cpu * 1000 / count:.3f}",
-            "ours includes interpreter start-up",
-        ),
-        (
-            "backfill listing 100,000 keys",
-            "peak RSS",
-            f"{mine.peak_rss / MiB:.0f} MiB",
-            "target ≤ 100 MiB",
-        ),
-    ]
+    stack.target.client().create_bucket(Bucket="bench-bf-empty")
+    fill(stack, "bench-bf-full", count, 0, stack.target)
+    targets = {"empty target": "bench-bf-empty", "target holding every key": "bench-bf-full"}
+    theirs: list[Run] = []
+    ours: dict[str, list[Run]] = {name: [] for name in targets}
+    for _ in range(ROUNDS):
+        theirs.append(mc(stack, "ls", "--recursive", "minio/bench-bf"))
+        for name, bucket in targets.items():
+            env = env_for(stack, BUCKET_PAIR=f"minio/bench-bf:aws/{bucket}")
+            ours[name].append(
+                run_child([CLI, "backfill", "--prefix", "o", "--dry-run"], env, stack)
+            )
+    mc_s = median(theirs, lambda r: r.seconds)
+    mc_cpu = median(theirs, lambda r: r.client_cpu) * 1000 / count
+    rows: list[Row] = []
+    for name, runs in ours.items():
+        mine = median(runs, lambda r: r.seconds)
+        rows += [
+            (
+                f"backfill --dry-run listing 100,000 keys, {name}",
+                "keys/s, ours / `mc ls --recursive`",
+                f"{mc_s / mine:.2f}×",
+                f"median of {ROUNDS}: ours {count / mine:.0f}/s (both sides listed, process "
+                f"start included), mc ls {count / mc_s:.0f}/s (one side); "
+                f"{rounds_s(runs)} vs {rounds_s(theirs)}",
+            ),
+            (
+                f"backfill listing 100,000 keys, {name}",
+                "CPU-ms per source key",
+                f"{cpu_ms(runs, count, 'ours', 3)}; mc ls {mc_cpu:.3f}",
+                "ours includes interpreter start-up",
+            ),
+            (
+                f"backfill listing 100,000 keys, {name}",
+                "peak RSS",
+                f"{max(r.peak_rss for r in runs) / MiB:.0f} MiB",
+                "target ≤ 100 MiB",
+            ),
+        ]
+    return rows
 
 
 def reconcile(stack: Stack, src: str, dst: str) -> Run:
