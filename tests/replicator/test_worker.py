@@ -3,9 +3,13 @@ RabbitMQ needed: `handle` is the copy thread's whole job)."""
 
 from __future__ import annotations
 
+import time
+
+import pika
 import pytest
 
 from replicator import config, message
+from replicator import worker as worker_module
 from replicator.task import Task
 from replicator.worker import Delivery, Worker
 from tests.conftest import base_env
@@ -64,3 +68,22 @@ def test_a_first_delivery_writes_first_while_keys_are_new(stack, worker):
     assert work.handle(again).action == "ack"
     spent = requests.spent()
     assert spent["source GetObject"] == 1 and spent["target PutObject"] == 1, spent
+
+
+def test_a_consumer_that_hears_nothing_while_tasks_wait_reconnects(worker):
+    """The stall watchdog: tasks ready, room to take them and no delivery for STALLED_S
+    seconds means a silent consumer (a quorum queue without a leader when it registered):
+    the connection is dropped so that a new one consumes again. A busy worker (no room)
+    or an empty queue is not a stall."""
+    _, work = worker
+    work._outstanding = {}
+    work._delivered = time.monotonic() - worker_module.STALLED_S - 1
+    with pytest.raises(pika.exceptions.AMQPError, match="consumer stalled"):
+        work._check_stalled(ready=5)
+
+    work._check_stalled(ready=0)  # nothing waits
+    work._outstanding = {tag: None for tag in range(work.concurrency * 4)}
+    work._check_stalled(ready=5)  # no room: the worker is busy, not stalled
+    work._outstanding = {}
+    work._delivered = time.monotonic()
+    work._check_stalled(ready=5)  # a delivery just came
