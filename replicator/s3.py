@@ -14,12 +14,13 @@ import base64
 import contextlib
 import functools
 import hashlib
+import queue
 import re
 import ssl
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -90,15 +91,26 @@ class S3:
         self.verify: bool | str = settings.ca_bundle or settings.tls_verify
         self.settings = settings
         self.session = _session(endpoint)
+        # Loaded once here, not by the first requests of 16 copy threads at once (with a
+        # role, each would ask STS or the instance metadata: botocore does not lock it).
+        self.session.get_credentials()
         self._pool = pool
+        self._boto: Any = None
+        self._boto_lock = threading.Lock()
         self._buckets_seen: dict[str, float] = {}
         self.http = rawhttp.Client(_tls(self.verify), CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
 
     # ---- clients ------------------------------------------------------------------
 
-    @functools.cached_property
+    @property
     def boto(self) -> Any:
         """boto3's client, made on first use: a listing never needs it (~0.1 s)."""
+        with self._boto_lock:  # a boto3 session is not thread-safe
+            if self._boto is None:
+                self._boto = self._client()
+            return self._boto
+
+    def _client(self) -> Any:
         return self.session.client(
             "s3",
             endpoint_url=self.endpoint.url,
@@ -310,27 +322,29 @@ class S3:
 
         ListObjectsV2 signed by `sigv4`, parsed with ElementTree (a client library's
         parser spends most of a listing's CPU on per-key dicts and dates nobody reads).
-        Keys come URL-encoded (`encoding-type=url`) so any byte survives the XML. While
-        the caller works through one page the next is already being fetched, on a thread
-        of its own: the server's work overlaps ours, and at most two pages are held."""
+        Keys come URL-encoded (`encoding-type=url`) so any byte survives the XML. Once the
+        caller reads on past a page's first key, the next page is fetched meanwhile (see
+        `_Ahead`): the server's work overlaps ours, and at most two pages are held."""
         query = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": str(page)}
-        with ThreadPoolExecutor(1, thread_name_prefix="list-ahead") as ahead:
+        ahead = _Ahead(self, bucket)
+        try:
             body: bytes | None = self._signed_get(bucket, query)
             while body is not None:
                 root = ET.fromstring(body)
                 token = root.findtext(f"{_NS}NextContinuationToken") or ""
-                following = (
-                    ahead.submit(self._signed_get, bucket, {**query, "continuation-token": token})
-                    if token and root.findtext(f"{_NS}IsTruncated") == "true"
-                    else None
-                )
-                for item in root.iter(f"{_NS}Contents"):
+                more = bool(token) and root.findtext(f"{_NS}IsTruncated") == "true"
+                following = {**query, "continuation-token": token}
+                for n, item in enumerate(root.iter(f"{_NS}Contents")):
+                    if n == 1 and more:  # the caller reads on (a probe takes one key)
+                        ahead.ask(following)
                     yield Listed(
                         unquote_plus(item.findtext(f"{_NS}Key") or ""),
                         int(item.findtext(f"{_NS}Size") or 0),
                         (item.findtext(f"{_NS}ETag") or "").strip('"'),
                     )
-                body = following.result() if following else None
+                body = ahead.page(following) if more else None
+        finally:
+            ahead.close()
 
     def _signed_get(self, bucket: str, query: dict[str, str]) -> bytes:
         status, _, body = self._signed("GET", bucket, "", query)
@@ -435,6 +449,48 @@ class S3:
         message = m.group(1) if (m := _MESSAGE.search(text)) else answer.reason
         region = answer.headers.get("x-amz-bucket-region", "")
         raise errors.answer(self.side, code, answer.status, message, region)
+
+
+class _Ahead:
+    """A listing's next page, fetched on a daemon thread of its own while the caller
+    reads the current one. One thread per listing keeps one keep-alive connection for
+    all its pages; being a daemon, a listing given up (an early return, Ctrl-C) never
+    waits for the request in flight."""
+
+    def __init__(self, s3: S3, bucket: str) -> None:
+        self.s3, self.bucket = s3, bucket
+        self.asked: dict[str, str] | None = None
+        self.asks: queue.SimpleQueue[dict[str, str] | None] | None = None
+        self.pages: queue.SimpleQueue[tuple[bytes, BaseException | None]] = queue.SimpleQueue()
+
+    def ask(self, query: dict[str, str]) -> None:
+        if self.asks is None:
+            self.asks = queue.SimpleQueue()
+            threading.Thread(target=self._fetch, name="list-ahead", daemon=True).start()
+        self.asks.put(query)
+        self.asked = query
+
+    def page(self, query: dict[str, str]) -> bytes:
+        """The page of `query`: the one asked ahead, or (a page of one key) fetched now."""
+        if self.asked is not query:
+            return self.s3._signed_get(self.bucket, query)
+        self.asked = None
+        body, failure = self.pages.get()
+        if failure is not None:
+            raise failure
+        return body
+
+    def close(self) -> None:
+        if self.asks is not None:
+            self.asks.put(None)
+
+    def _fetch(self) -> None:
+        assert self.asks is not None
+        while (query := self.asks.get()) is not None:
+            try:
+                self.pages.put((self.s3._signed_get(self.bucket, query), None))
+            except BaseException as exc:  # raised on the caller's thread
+                self.pages.put((b"", exc))
 
 
 def _session(endpoint: Endpoint) -> boto3.session.Session:

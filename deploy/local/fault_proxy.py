@@ -5,12 +5,15 @@ forwards each request as it came (method, path with query, every header in order
 including Host and Authorization, the body bytes) to the upstream server, which checks
 the signature against the same Host header. Responses are relayed the same way.
 
-A rule table, matched by substring of the object key (optionally for some methods only),
-replaces the upstream's answer with a fault:
+A rule table, matched by substring of the object key (optionally for some methods only;
+a listing rule by substring of a bucket request's query string, e.g.
+"continuation-token" for a listing's later pages), replaces the upstream's answer with a
+fault:
 
 - ``bare500``:  500 with an HTML page and no S3 error code (a load balancer's error page)
 - ``reset``:    the connection is closed abruptly (TCP RST via SO_LINGER 0)
 - ``slowdown``: 503 with S3's ``<Error><Code>SlowDown</Code>...`` XML
+- ``stall``:    held (no answer) until the proxy stops or ``STALL_S`` pass, then forwarded
 
 Every request is counted by (key, method). Request bodies are read whole before
 forwarding (test objects are small), so a stale upstream connection can be retried.
@@ -32,7 +35,8 @@ from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("bare500", "reset", "slowdown")
+ACTIONS = ("bare500", "reset", "slowdown", "stall")
+STALL_S = 120
 BARE_500 = (
     b"<html><head><title>500 Internal Server Error</title></head>\r\n"
     b"<body><center><h1>500 Internal Server Error</h1></center></body></html>\r\n"
@@ -42,13 +46,16 @@ HOP_BY_HOP = frozenset({"transfer-encoding"})  # re-framed by the proxy on the w
 
 @dataclass(frozen=True)
 class Rule:
-    substring: str  # matched against the decoded object key
+    substring: str  # matched against the decoded object key (a listing rule: the query)
     action: str  # one of ACTIONS
     methods: frozenset[str] | None = None  # None: every method
+    listing: bool = False  # matches requests without a key (listings), by query
 
-    def matches(self, key: str, method: str) -> bool:
+    def matches(self, key: str, method: str, query: str = "") -> bool:
         if self.methods is not None and method not in self.methods:
             return False
+        if self.listing:
+            return not key and self.substring in query
         return bool(key) and self.substring in key
 
 
@@ -82,6 +89,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.requests: Counter[tuple[str, str]] = Counter()  # (key, method) -> count
         self.faults: Counter[tuple[str, str, str]] = Counter()  # (key, method, action)
+        self.released = threading.Event()  # set on stop: stalled requests go on
         self.server = _Server(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(
             target=self.server.serve_forever, name="fault-proxy", daemon=True
@@ -102,10 +110,13 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
-    def add_rule(self, substring: str, action: str, methods: str | None = None) -> None:
+    def add_rule(
+        self, substring: str, action: str, methods: str | None = None, *, listing: bool = False
+    ) -> None:
         """Answer requests for keys containing `substring` with a fault.
 
         `methods` is e.g. "PUT" or "PUT,POST"; None means every method. The first
@@ -117,7 +128,7 @@ class FaultProxy:
             None if methods is None else frozenset(m.strip().upper() for m in methods.split(","))
         )
         with self.lock:
-            self.rules.append(Rule(substring, action, allowed))
+            self.rules.append(Rule(substring, action, allowed, listing))
 
     def clear(self) -> None:
         """Drop every rule and reset the counters."""
@@ -137,11 +148,11 @@ class FaultProxy:
                 n for (k, _, a), n in self.faults.items() if k == key and action in (None, a)
             )
 
-    def _decide(self, key: str, method: str) -> str | None:
+    def _decide(self, key: str, method: str, query: str = "") -> str | None:
         with self.lock:
             self.requests[(key, method)] += 1
             for rule in self.rules:
-                if rule.matches(key, method):
+                if rule.matches(key, method, query):
                     self.faults[(key, method, rule.action)] += 1
                     return rule.action
         return None
@@ -162,7 +173,7 @@ class FaultProxy:
                 if body is None:
                     return self._reset()
                 bucket, key = split_path(self.path)
-                action = proxy._decide(key, method)
+                action = proxy._decide(key, method, urlsplit(self.path).query)
                 if action == "reset":
                     return self._reset()
                 if action == "bare500":
@@ -177,6 +188,8 @@ class FaultProxy:
                         "<RequestId>FAULTPROXY</RequestId></Error>"
                     ).encode()
                     return self._answer(503, "application/xml", xml if method != "HEAD" else b"")
+                if action == "stall":
+                    proxy.released.wait(STALL_S)
                 self._forward(method, body)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_OPTIONS = do_PATCH = do_request

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import stack as local_stack
@@ -141,9 +145,11 @@ def test_a_keep_alive_connection_the_server_dropped_is_used_once_more_fresh(sour
         server.shutdown()
 
 
-def test_a_listing_reads_one_page_ahead_and_stops_when_abandoned(stack, buckets):
-    """While the caller works through a page, the next one is already requested (the
-    server's work overlaps ours), but never more than one: an abandoned listing stops."""
+def test_a_listing_reads_one_page_ahead_and_never_waits_for_it_when_given_up(stack, buckets):
+    """Once the caller reads on past a page's first key, the next page is requested
+    meanwhile (the server's work overlaps ours), never more than one ahead. A probe that
+    takes one key costs one request, and a listing given up while the next page is stuck
+    on a dead endpoint returns at once (Ctrl-C in a backfill must not hang)."""
     bucket = buckets("target")
     for i in range(7):
         stack.target.client().put_object(Bucket=bucket, Key=f"k{i}", Body=b"")
@@ -154,14 +160,88 @@ def test_a_listing_reads_one_page_ahead_and_stops_when_abandoned(stack, buckets)
         s3 = S3(settings.target, settings, "target")
         pages = lambda: proxy.count("", "GET")  # noqa: E731 (a listing has no key)
 
-        listing = s3.list(bucket, "", page=2)
-        assert next(listing).key == "k0"
-        local_stack.wait_until(lambda: pages() == 2, 10, "the second page requested")
-        time.sleep(0.5)  # a listing reading further ahead would ask for page 3 by now
-        assert pages() == 2
-        listing.close()  # returns once the page in flight is in
+        assert next(iter(s3.list(bucket, "", page=1))).key == "k0"
+        assert pages() == 1  # a probe: nothing fetched ahead
 
         assert [item.key for item in s3.list(bucket, "", page=2)] == [f"k{i}" for i in range(7)]
-        assert pages() == 2 + 4
+        assert pages() == 1 + 4
+
+        listing = s3.list(bucket, "", page=2)
+        assert [next(listing).key, next(listing).key] == ["k0", "k1"]
+        local_stack.wait_until(lambda: pages() == 1 + 4 + 2, 10, "the second page requested")
+        time.sleep(0.5)  # a listing reading further ahead would ask for page 3 by now
+        assert pages() == 1 + 4 + 2
+        assert next(listing).key == "k2"
+
+        proxy.add_rule("continuation-token", "stall", listing=True)  # page 3 never comes back
+        assert next(listing).key == "k3"  # and asks for page 3
+        local_stack.wait_until(lambda: pages() == 1 + 4 + 3, 10, "the third page requested")
+        closing = threading.Thread(target=listing.close, daemon=True)
+        closing.start()
+        closing.join(30)  # the stall lasts until the proxy stops (120 s at most)
+        assert not closing.is_alive(), "closing the listing waited for the stuck page"
     finally:
         proxy.stop()
+
+
+def test_keys_from_a_role_are_fetched_once_not_by_every_copy_thread(monkeypatch):
+    """With the AWS chain (here the container provider: ECS, EKS Pod Identity), the 16
+    copy threads' first requests at once must not each ask for the role's keys: one
+    fetch per process, as botocore does not lock its first load."""
+    fetches = []
+
+    class Credentials(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(self.path)
+            time.sleep(0.2)  # a round trip to the credentials endpoint
+            expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+            body = json.dumps(
+                {
+                    "AccessKeyId": "AKIAROLE",
+                    "SecretAccessKey": "role-secret",
+                    "Token": "role-token",
+                    "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Credentials)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{port}/role")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    try:
+        settings = config.load(
+            {
+                "MINIO_URL": "http://127.0.0.1:1",
+                "MINIO_ACCESS_KEY": "minio",
+                "MINIO_SECRET_KEY": "minio-secret",
+                "AWS_URL": "http://127.0.0.1:2",
+                "AWS_REGION": "us-east-1",
+                "BUCKET_PAIR": "minio/src:aws/dst",
+            }
+        )
+        s3 = S3(settings.target, settings, "target", 18)
+        gate, keys = threading.Barrier(16), []
+        threads = [
+            threading.Thread(target=lambda: (gate.wait(), keys.append(s3._keys())))
+            for _ in range(16)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        server.shutdown()
+    assert keys == [("AKIAROLE", "role-secret", "role-token")] * 16
+    assert len(fetches) == 1, fetches
