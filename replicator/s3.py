@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -326,7 +326,7 @@ class S3:
         caller reads on past a page's first key, the next page is fetched meanwhile (see
         `_Ahead`): the server's work overlaps ours, and at most two pages are held."""
         query = {"list-type": "2", "prefix": prefix, "encoding-type": "url", "max-keys": str(page)}
-        ahead = _Ahead(self, bucket)
+        ahead = _Ahead(functools.partial(self._signed_get, bucket))
         try:
             body: bytes | None = self._signed_get(bucket, query)
             while body is not None:
@@ -457,8 +457,8 @@ class _Ahead:
     all its pages; being a daemon, a listing given up (an early return, Ctrl-C) never
     waits for the request in flight."""
 
-    def __init__(self, s3: S3, bucket: str) -> None:
-        self.s3, self.bucket = s3, bucket
+    def __init__(self, fetch: Callable[[dict[str, str]], bytes]) -> None:
+        self.fetch = fetch  # one page's body, given its query
         self.asked: dict[str, str] | None = None
         self.asks: queue.SimpleQueue[dict[str, str] | None] | None = None
         self.pages: queue.SimpleQueue[tuple[bytes, BaseException | None]] = queue.SimpleQueue()
@@ -473,7 +473,7 @@ class _Ahead:
     def page(self, query: dict[str, str]) -> bytes:
         """The page of `query`: the one asked ahead, or (a page of one key) fetched now."""
         if self.asked is not query:
-            return self.s3._signed_get(self.bucket, query)
+            return self.fetch(query)
         self.asked = None
         body, failure = self.pages.get()
         if failure is not None:
@@ -488,7 +488,7 @@ class _Ahead:
         assert self.asks is not None
         while (query := self.asks.get()) is not None:
             try:
-                self.pages.put((self.s3._signed_get(self.bucket, query), None))
+                self.pages.put((self.fetch(query), None))
             except BaseException as exc:  # raised on the caller's thread
                 self.pages.put((b"", exc))
 
