@@ -10,8 +10,10 @@ closed while idle is resent once on a fresh one.
 
 from __future__ import annotations
 
+import io
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -149,8 +151,11 @@ class _Connection:
             except BaseException:
                 sock.close()
                 raise
+            self.file = sock.makefile("rb", buffering=_BUFFER)
+        else:
+            _kernel_timeouts(sock, timeouts[1])
+            self.file = io.BufferedReader(_Reader(sock), _BUFFER)
         self.sock = sock
-        self.file = sock.makefile("rb", buffering=_BUFFER)
         self.host = url.netloc
         self.used = False
         self.open = True
@@ -174,12 +179,15 @@ class _Connection:
         lines += [f"{name}: {value}" for name, value in headers.items()]
         # Values are text: sent as UTF-8, as they were signed (ASCII for all but a few).
         head = ("\r\n".join(lines) + "\r\n\r\n").encode()
-        if isinstance(body, bytes) and len(body) < _BUFFER:
-            self.sock.sendall(head + body)  # a small object goes out in one write
-        else:
-            self.sock.sendall(head)
-            for piece in [body] if isinstance(body, bytes) else body:
-                self.sock.sendall(piece)
+        try:
+            if isinstance(body, bytes) and len(body) < _BUFFER:
+                self.sock.sendall(head + body)  # a small object goes out in one write
+            else:
+                self.sock.sendall(head)
+                for piece in [body] if isinstance(body, bytes) else body:
+                    self.sock.sendall(piece)
+        except BlockingIOError:  # the kernel's send timeout (see _kernel_timeouts)
+            raise TimeoutError("timed out sending the request") from None
         self.used = True
         status, reason, answer = self._head()
         while 100 <= status < 200:  # an interim answer (we send no Expect): skip it
@@ -277,6 +285,35 @@ class _Connection:
         self.open = False
         self.file.close()
         self.sock.close()
+
+
+def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Make a plain socket blocking, its timeouts the kernel's (SO_RCVTIMEO/SO_SNDTIMEO).
+    Python's own timeout costs a poll() before every send and recv, each releasing and
+    retaking the GIL: twice the system calls of a small object's copy. (Not for TLS:
+    `ssl` waits without limit after a kernel timeout on a blocking socket.)"""
+    whole, micros = divmod(max(1, round(seconds * 1_000_000)), 1_000_000)  # 0 = never
+    interval = struct.pack("ll", whole, micros)
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+
+
+class _Reader(io.RawIOBase):
+    """A blocking socket's bytes for a BufferedReader. `socket.makefile` would turn the
+    kernel's timeout (EAGAIN) into "no data yet", read as a closed connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        try:
+            return self.sock.recv_into(buffer)
+        except BlockingIOError:
+            raise TimeoutError("timed out waiting for the answer") from None
 
 
 def _target(url: SplitResult) -> str:

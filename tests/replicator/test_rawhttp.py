@@ -14,6 +14,7 @@ import ssl
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -471,6 +472,53 @@ def test_a_read_timeout_is_an_oserror_but_not_unreachable_and_drops_the_connecti
     assert server.peers[0].closed.wait(WAIT)
     assert ok(client.request("GET", server.url(), {}))
     assert server.accepts == 2
+
+
+def test_a_server_that_stops_reading_the_body_times_out_the_send(serve):
+    """Plain sockets block with the kernel's timeouts (no poll() per call): a send that
+    the server stops reading must still end, as a timeout."""
+    stop = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.request()
+        stop.wait(WAIT)  # reads nothing of the body
+
+    server = serve(script)
+    pieces = (b"x" * (1 << 20) for _ in range(256))  # far more than the socket buffers
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            rawhttp.Client(None, 2, 0.2).request("PUT", server.url(), {}, body=pieces)
+    finally:
+        stop.set()
+    assert time.monotonic() - started < WAIT
+
+
+def test_an_https_answer_that_never_comes_times_out(serve, tls, tls_files):
+    """TLS keeps Python's own timeout: with the kernel's, `ssl` would wait forever."""
+    context, _ = tls
+    ca = ssl.create_default_context(cafile=tls_files[0])
+    stop = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.request()
+        stop.wait(WAIT)  # never answers
+
+    server = serve(script, tls=context)
+    raised: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            rawhttp.Client(ca, 2, 0.2).request("GET", server.url(), {})
+        except BaseException as exc:  # the test inspects it
+            raised.append(exc)
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(WAIT / 2)
+    stop.set()
+    assert not asker.is_alive(), "the request did not time out"
+    assert raised and isinstance(raised[0], TimeoutError)
 
 
 # ---- headers ------------------------------------------------------------------------
