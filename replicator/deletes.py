@@ -11,13 +11,15 @@ MIRROR_MAX_DELETE_PERCENT of the target objects in scope.
 A plan is carried out through the copy engine with removal tasks, so every delete
 re-checks the source key at that moment and a re-create racing it always wins. Memory:
 the plan keeps at most max_delete keys (beyond that it only counts); listings are never
-held whole.
+held whole. Given a deadline (reconcile's MIRROR_RECONCILE_TIMEOUT), planning stops at it
+with nothing deleted, and deletes not yet begun by then are left for the next run.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 REMOVED = "s3:ObjectRemoved:Delete"
 MAX_FAILURES_KEPT = 100  # failure reasons kept per pair; the count is always exact
 TRIES = 3  # a transient failure of one delete is tried again this often, no more
+CLOCK_EVERY = 1000  # listed target keys between two looks at the deadline
 EXPECTED = (CopyError, ClientError, BotoCoreError)
 
 
@@ -69,6 +72,7 @@ class Plan:
     source_objects: int = 0  # in-scope source objects seen (the listing stops early)
     shared: int = 0  # target keys inside another pair's target scope too: left alone
     refused: str = ""  # why nothing may be deleted; "" when the plan may run
+    late: bool = False  # the deadline passed while listing: incomplete, nothing may be deleted
 
     @property
     def where(self) -> str:
@@ -93,13 +97,15 @@ class DeleteReport:
     failures: list[str] = field(default_factory=list)
     shared: int = 0
     refused: str = ""
+    timed_out: str = ""  # what the deadline cut short ("" when it did not)
+    left: int = 0  # planned deletes not begun by the deadline: the next run's
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
 
     @property
     def ok(self) -> bool:
-        return not self.refused and not self.failed
+        return not self.refused and not self.failed and not self.timed_out
 
     def fail(self, reason: str) -> None:
         with self._lock:
@@ -121,12 +127,16 @@ class DeleteReport:
             "failures": self.failures,
             "shared": self.shared,
             "refused": self.refused,
+            "timed_out": self.timed_out,
+            "left": self.left,
         }
 
     def outcome(self) -> str:
         """One phrase for the summary and Slack."""
         if self.refused:
             return f"deletes REFUSED, nothing deleted: {self.refused}"
+        if self.timed_out and not self.planned:
+            return f"deletes STOPPED, nothing deleted: {self.timed_out}"
         if self.dry_run:
             return f"dry run: would delete {self.planned} object(s), deleted nothing"
         text = f"deleted {self.deleted} object(s)"
@@ -134,21 +144,30 @@ class DeleteReport:
             text += f", skipped {sum(self.skipped.values())}"
         if self.failed:
             text += f", {self.failed} delete(s) FAILED"
+        if self.timed_out:
+            text += f"; STOPPED: {self.timed_out}"
         return text
 
 
 class Planner:
     """Plans one pair's deletes from the two listings (no write of any kind)."""
 
-    def __init__(self, settings: Settings, source: S3, target: S3) -> None:
+    def __init__(
+        self, settings: Settings, source: S3, target: S3, deadline: float | None = None
+    ) -> None:
         self.settings = settings
         self.source, self.target = source, target
+        self.deadline = deadline  # time.monotonic() at which planning stops
 
     def plan(self, pair: BucketPair) -> Plan:
         prefix = self.settings.prefix
         plan = Plan(pair, _folder(pair.source_prefix(prefix)), _folder(pair.target_prefix(prefix)))
         try:
             self._walk(plan)
+        except _Late:
+            plan.late = True
+            plan.keys.clear()
+            return plan
         except _ListingFailed as failed:
             plan.refused = str(failed)
             plan.keys.clear()
@@ -170,7 +189,9 @@ class Planner:
             return key
 
         source = next_source()  # also tells an empty (or unlistable) source at once
-        for item in _listing(self.target, pair.target_bucket, plan.target_scope):
+        for listed, item in enumerate(_listing(self.target, pair.target_bucket, plan.target_scope)):
+            if listed % CLOCK_EVERY == 0 and _past(self.deadline):
+                raise _Late
             key = plan.source_key(item.key)
             if not accepts(key):
                 continue  # excluded (or outside the pair's folder): never deleted
@@ -216,6 +237,14 @@ class _ListingFailed(Exception):
     """A listing failed: the plan is refused with this text."""
 
 
+class _Late(Exception):
+    """The deadline passed while listing."""
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def _listing(s3: S3, bucket: str, prefix: str) -> Iterator[Listed]:
     try:
         yield from s3.list(bucket, prefix)
@@ -231,12 +260,21 @@ def _listing(s3: S3, bucket: str, prefix: str) -> Iterator[Listed]:
 class Deleter:
     """Plans and carries out (or, dry run, lists) the deletes of pairs."""
 
-    def __init__(self, settings: Settings, *, dry_run: bool, origin: str, threads: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dry_run: bool,
+        origin: str,
+        threads: int,
+        deadline: float | None = None,
+    ) -> None:
         # Callers ask for deletes explicitly (MIRROR_DELETE, backfill --delete).
         self.settings = settings if settings.delete else _with_deletes(settings)
         self.dry_run, self.origin, self.threads = dry_run, origin, threads
+        self.deadline = deadline  # time.monotonic() after which no delete begins
         self.copier = Copier(self.settings, pool=threads + 2)
-        self.planner = Planner(self.settings, self.copier.source, self.copier.target)
+        self.planner = Planner(self.settings, self.copier.source, self.copier.target, deadline)
 
     def run(self, pair: BucketPair) -> DeleteReport:
         """One pair: plan, brake, then delete through the copy engine. Never raises."""
@@ -255,6 +293,10 @@ class Deleter:
         report = DeleteReport(str(pair), dry_run=self.dry_run)
         report.planned, report.target_objects = plan.count, plan.target_objects
         report.shared, report.refused = plan.shared, plan.refused
+        if plan.late:
+            report.timed_out = "the deadline passed while listing the keys to delete"
+            log.error("%s: deletes not planned: %s", pair, report.timed_out)
+            return report
         if plan.shared:
             log.warning(
                 "%s: %d target object(s) are also in another pair's scope: never deleted",
@@ -271,9 +313,19 @@ class Deleter:
         with ThreadPoolExecutor(self.threads, thread_name_prefix="delete") as pool:
             for key in plan.keys:
                 pool.submit(self._delete, plan, key, report)
+        if report.left:
+            report.timed_out = (
+                f"the deadline passed with {report.left} of {plan.count} delete(s) not begun "
+                "(the next run does them)"
+            )
+            log.error("%s: %s", pair, report.timed_out)
         return report
 
     def _delete(self, plan: Plan, target_key: str, report: DeleteReport) -> None:
+        if _past(self.deadline):
+            with report._lock:
+                report.left += 1
+            return
         task = Task(
             bucket=plan.pair.source_bucket,
             key=plan.source_key(target_key),

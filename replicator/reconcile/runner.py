@@ -130,8 +130,8 @@ class PairJob:
                 self._deletes()
         except TimedOut as exc:
             self.result.problems.add(Problem(text=str(exc), cause=TIMED_OUT), first=True)
-            self.result.note = "stopped by MIRROR_RECONCILE_TIMEOUT: the counts are what mc had "
-            self.result.note += "started; the next run copies what is still missing"
+            self.result.note = "stopped by MIRROR_RECONCILE_TIMEOUT: the counts are what was done "
+            self.result.note += "by then; the next run does what is still left"
         except UnreadableRecord as exc:
             self.result.problems.add(Problem(text=str(exc), cause=MC_OUTPUT_UNREADABLE))
         except Interrupted as exc:
@@ -263,7 +263,11 @@ class PairJob:
         """MIRROR_DELETE: remove what the source no longer has, behind the planner's brake."""
         threads = self.settings.max_workers or 8
         deleter = Deleter(
-            self.settings, dry_run=self.settings.dry_run, origin="reconcile", threads=threads
+            self.settings,
+            dry_run=self.settings.dry_run,
+            origin="reconcile",
+            threads=threads,
+            deadline=self.deadline,
         )
         report = deleter.run(self.pair)
         self.result.deletes = True
@@ -287,6 +291,11 @@ class PairJob:
                 )
             )
         self.result.problems.count += report.failed - len(report.failures)  # beyond the kept
+        if report.timed_out:
+            raise TimedOut(
+                f"deletes stopped: {report.timed_out}; the run reached {TIMEOUT_VARIABLE} "
+                f"({duration_text(self.settings.reconcile_timeout_s)})"
+            )
 
     def _plan(self) -> None:
         """Dry run: `mc mirror --dry-run` lists nothing per object, so `mc diff` does."""

@@ -69,13 +69,13 @@ OBJECT_DOES_NOT_EXIST = Cause(
 )
 TIMED_OUT = Cause(
     "Run timed out",
-    "the run reached MIRROR_RECONCILE_TIMEOUT and mc was stopped",
+    "the run reached MIRROR_RECONCILE_TIMEOUT: mc was stopped, or deletes not yet begun were left",
     (
         "raise MIRROR_RECONCILE_TIMEOUT for a large first run (and the CronJob's "
         "activeDeadlineSeconds with it)",
         "scope nightly runs with MIRROR_PREFIX",
         "check the bandwidth between here and both endpoints",
-        "the next run copies what is still missing",
+        "the next run copies (and, with MIRROR_DELETE, deletes) what is still left",
     ),
 )
 DELETES_REFUSED = Cause(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from replicator import config
@@ -294,3 +296,36 @@ def test_batch_deletes_on_minio_and_the_aws_like_target(stack, buckets, target, 
         versions = client.list_object_versions(Bucket=dst)
         assert sorted(v["Key"] for v in versions.get("Versions", [])) == ["a", "b", "c"]
         assert sorted(m["Key"] for m in versions.get("DeleteMarkers", [])) == ["b", "c"]
+
+
+def test_a_deadline_reached_while_listing_deletes_nothing(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "a")
+    put(stack.target.client(), dst, "a", "b", "c")
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}")
+    engine = Deleter(
+        settings, dry_run=False, origin="reconcile", threads=4, deadline=time.monotonic()
+    )
+    report = engine.run(settings.pairs[0])
+    assert (report.deleted, report.planned, report.ok) == (0, 0, False)
+    assert "while listing" in report.timed_out
+    assert report.outcome().startswith("deletes STOPPED, nothing deleted")
+    assert target_keys(stack, dst) == {"a", "b", "c"}
+
+
+def test_deletes_not_begun_by_the_deadline_are_left_for_the_next_run(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "a")
+    put(stack.target.client(), dst, "a", "b", "c")
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}")
+    engine = deleter(settings)
+    plan = engine.planner.plan(settings.pairs[0])
+    assert plan.keys == ["b", "c"]
+    engine.deadline = time.monotonic()  # reached once the plan is made
+    report = engine.carry_out(plan)
+    assert (report.deleted, report.left, report.ok) == (0, 2, False)
+    assert "2 of 2 delete(s) not begun" in report.timed_out
+    assert "STOPPED" in report.outcome()
+    assert target_keys(stack, dst) == {"a", "b", "c"}
+    assert deleter(settings).run(settings.pairs[0]).deleted == 2  # the next run
+    assert target_keys(stack, dst) == {"a"}
