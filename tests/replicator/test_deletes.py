@@ -7,7 +7,7 @@ import time
 import pytest
 
 from replicator import config
-from replicator.deletes import Deleter, Planner
+from replicator.deletes import Deleter, Plan, Planner
 from replicator.s3 import S3
 from tests.conftest import base_env
 from tests.replicator.test_copier import Requests
@@ -180,14 +180,24 @@ def test_a_dry_run_lists_the_deletes_and_deletes_nothing(stack, pair):
     assert target_keys(stack, dst) == {"a", "b", "c d+e%.txt"}
 
 
-def test_a_key_re_created_after_planning_is_kept(stack, pair):
+def two_gone(stack, pair) -> config.Settings:
+    """The source holds "a"; the target "a", "b" and "c": "b" and "c" are to delete."""
     src, dst = pair
     put(stack.source.client(), src, "a")
     put(stack.target.client(), dst, "a", "b", "c")
-    settings = settings_for(stack, f"minio/{src}:aws/{dst}")
+    return settings_for(stack, f"minio/{src}:aws/{dst}")
+
+
+def planned(settings: config.Settings) -> tuple[Deleter, Plan]:
     engine = deleter(settings)
     plan = engine.planner.plan(settings.pairs[0])
     assert plan.keys == ["b", "c"]
+    return engine, plan
+
+
+def test_a_key_re_created_after_planning_is_kept(stack, pair):
+    src, dst = pair
+    engine, plan = planned(two_gone(stack, pair))
     put(stack.source.client(), src, "b")  # re-created between the listing and the delete
     report = engine.carry_out(plan)
     assert report.deleted == 1
@@ -299,10 +309,8 @@ def test_batch_deletes_on_minio_and_the_aws_like_target(stack, buckets, target, 
 
 
 def test_a_deadline_reached_while_listing_deletes_nothing(stack, pair):
-    src, dst = pair
-    put(stack.source.client(), src, "a")
-    put(stack.target.client(), dst, "a", "b", "c")
-    settings = settings_for(stack, f"minio/{src}:aws/{dst}")
+    dst = pair[1]
+    settings = two_gone(stack, pair)
     engine = Deleter(
         settings, dry_run=False, origin="reconcile", threads=4, deadline=time.monotonic()
     )
@@ -314,13 +322,9 @@ def test_a_deadline_reached_while_listing_deletes_nothing(stack, pair):
 
 
 def test_deletes_not_begun_by_the_deadline_are_left_for_the_next_run(stack, pair):
-    src, dst = pair
-    put(stack.source.client(), src, "a")
-    put(stack.target.client(), dst, "a", "b", "c")
-    settings = settings_for(stack, f"minio/{src}:aws/{dst}")
-    engine = deleter(settings)
-    plan = engine.planner.plan(settings.pairs[0])
-    assert plan.keys == ["b", "c"]
+    dst = pair[1]
+    settings = two_gone(stack, pair)
+    engine, plan = planned(settings)
     engine.deadline = time.monotonic()  # reached once the plan is made
     report = engine.carry_out(plan)
     assert (report.deleted, report.left, report.ok) == (0, 2, False)
