@@ -167,6 +167,7 @@ class Planner:
         except _Late:
             plan.late = True
             plan.keys.clear()
+            plan.count = 0  # a count of part of the listing: not a plan
             return plan
         except _ListingFailed as failed:
             plan.refused = str(failed)
@@ -180,7 +181,9 @@ class Planner:
     def _walk(self, plan: Plan) -> None:
         pair, keep = plan.pair, self.settings.max_delete
         accepts = KeyFilter.for_pair(self.settings, pair).accepts
-        listed = _listing(self.source, pair.source_bucket, plan.source_scope)
+        listed = _clocked(
+            _listing(self.source, pair.source_bucket, plan.source_scope), self.deadline
+        )
         sources = (item.key for item in listed if accepts(item.key))
 
         def next_source() -> str | None:
@@ -189,9 +192,8 @@ class Planner:
             return key
 
         source = next_source()  # also tells an empty (or unlistable) source at once
-        for listed, item in enumerate(_listing(self.target, pair.target_bucket, plan.target_scope)):
-            if listed % CLOCK_EVERY == 0 and _past(self.deadline):
-                raise _Late
+        targets = _listing(self.target, pair.target_bucket, plan.target_scope)
+        for item in _clocked(targets, self.deadline):
             key = plan.source_key(item.key)
             if not accepts(key):
                 continue  # excluded (or outside the pair's folder): never deleted
@@ -243,6 +245,16 @@ class _Late(Exception):
 
 def _past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
+
+
+def _clocked(items: Iterator[Listed], deadline: float | None) -> Iterator[Listed]:
+    """A listing that raises _Late on its first key and every CLOCK_EVERY keys past the
+    deadline. Both listings: the source's can run on for many keys between two target
+    keys (a sparse target, keys excluded), the target's between two source keys."""
+    for listed, item in enumerate(items):
+        if listed % CLOCK_EVERY == 0 and _past(deadline):
+            raise _Late
+        yield item
 
 
 def _listing(s3: S3, bucket: str, prefix: str) -> Iterator[Listed]:

@@ -15,6 +15,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 from urllib.parse import SplitResult
@@ -156,6 +157,8 @@ class _Connection:
             _kernel_timeouts(sock, timeouts[1])
             self.file = io.BufferedReader(_Reader(sock), _BUFFER)
         self.sock = sock
+        self.plain = url.scheme != "https"  # blocking, with the kernel's timeouts
+        self.timeout = timeouts[1]
         self.host = url.netloc
         self.used = False
         self.open = True
@@ -179,20 +182,40 @@ class _Connection:
         lines += [f"{name}: {value}" for name, value in headers.items()]
         # Values are text: sent as UTF-8, as they were signed (ASCII for all but a few).
         head = ("\r\n".join(lines) + "\r\n\r\n").encode()
-        try:
-            if isinstance(body, bytes) and len(body) < _BUFFER:
-                self.sock.sendall(head + body)  # a small object goes out in one write
-            else:
-                self.sock.sendall(head)
-                for piece in [body] if isinstance(body, bytes) else body:
-                    self.sock.sendall(piece)
-        except BlockingIOError:  # the kernel's send timeout (see _kernel_timeouts)
-            raise TimeoutError("timed out sending the request") from None
+        if isinstance(body, bytes) and len(body) < _BUFFER:
+            self._sendall(head + body)  # a small object goes out in one write
+        else:
+            self._sendall(head)
+            for piece in [body] if isinstance(body, bytes) else body:
+                self._sendall(piece)
         self.used = True
         status, reason, answer = self._head()
         while 100 <= status < 200:  # an interim answer (we send no Expect): skip it
             status, reason, answer = self._head()
         return status, reason, answer
+
+    def _sendall(self, data: bytes) -> None:
+        """All of `data` within one read timeout, as Python's own timeout gives. The
+        kernel's is per call: `sendall` would wait it again after each part sent, so the
+        rest of a partial send (rare: a full socket buffer) goes under Python's timeout."""
+        if not self.plain:
+            self.sock.sendall(data)
+            return
+        started = time.monotonic()
+        try:
+            sent = self.sock.send(data)  # nearly always all of it
+        except BlockingIOError:  # the kernel's send timeout (see _kernel_timeouts)
+            raise TimeoutError("timed out sending the request") from None
+        if sent == len(data):
+            return
+        left = self.timeout - (time.monotonic() - started)
+        if left <= 0:
+            raise TimeoutError("timed out sending the request")
+        self.sock.settimeout(left)
+        try:
+            self.sock.sendall(memoryview(data)[sent:])
+        finally:
+            self.sock.settimeout(None)  # blocking again; the kernel's timeouts stay set
 
     def finish(
         self, method: str, status: int, reason: str, answer: dict[str, str], limit: int

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import stack as local_stack
 
 from replicator import config
 from replicator.deletes import Deleter, Plan, Planner
@@ -333,3 +336,52 @@ def test_deletes_not_begun_by_the_deadline_are_left_for_the_next_run(stack, pair
     assert target_keys(stack, dst) == {"a", "b", "c"}
     assert deleter(settings).run(settings.pairs[0]).deleted == 2  # the next run
     assert target_keys(stack, dst) == {"a"}
+
+
+def late_plan(stack, spec: str, side: str, **env: str) -> Plan:
+    """Plan with `side`'s second listing page held at a fault proxy until the deadline
+    (0.3 s away) has passed: the walk resumes past it mid-listing."""
+    proxy = local_stack.FaultProxy(getattr(stack, side).url).start()
+    try:
+        proxy.add_rule("continuation-token", "stall", listing=True)
+        url = "MINIO_URL" if side == "source" else "AWS_URL"
+        settings = settings_for(stack, spec, **env, **{url: proxy.url})
+        s3 = {s: S3(getattr(settings, s), settings, s) for s in ("source", "target")}
+        planner = Planner(settings, s3["source"], s3["target"], time.monotonic() + 0.3)
+        plans: list[Plan] = []
+        walk = threading.Thread(target=lambda: plans.append(planner.plan(settings.pairs[0])))
+        walk.start()
+        local_stack.wait_until(lambda: proxy.fault_count("", "stall"), 10, "page 2 held")
+        time.sleep(0.5)  # the deadline passes while page 2 is held
+        proxy.released.set()
+        walk.join(30)
+        return plans[0]
+    finally:
+        proxy.stop()
+
+
+def put_many(client, bucket: str, keys: list[str]) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: client.put_object(Bucket=bucket, Key=key, Body=b""), keys))
+
+
+def test_the_deadline_is_kept_while_the_source_listing_runs_between_two_target_keys(stack, pair):
+    """A sparse target: the source listing runs on for pages between two target keys."""
+    src, dst = pair
+    put_many(stack.source.client(), src, [f"a{i:06d}" for i in range(1001)])
+    put(stack.target.client(), dst, "b", "c")
+    plan = late_plan(stack, f"minio/{src}:aws/{dst}", "source")
+    assert plan.late and (plan.count, plan.keys) == (0, [])
+
+
+def test_a_plan_cut_mid_listing_counts_nothing_and_deletes_nothing(stack, pair):
+    src, dst = pair
+    put(stack.source.client(), src, "a")
+    put_many(stack.target.client(), dst, ["a"] + [f"b{i:06d}" for i in range(1000)])
+    plan = late_plan(stack, f"minio/{src}:aws/{dst}", "target", MIRROR_MAX_DELETE="5000")
+    assert plan.late and (plan.count, plan.keys) == (0, [])  # not the 999 seen before it
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}", MIRROR_MAX_DELETE="5000")
+    report = deleter(settings).carry_out(plan)
+    assert (report.planned, report.deleted) == (0, 0)
+    assert report.outcome().startswith("deletes STOPPED, nothing deleted")
+    assert len(target_keys(stack, dst)) == 1001

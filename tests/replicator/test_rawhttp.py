@@ -494,6 +494,25 @@ def test_a_server_that_stops_reading_the_body_times_out_the_send(serve):
     assert time.monotonic() - started < WAIT
 
 
+def test_a_stalled_send_times_out_after_one_timeout_not_one_per_part_sent(serve):
+    """The kernel's send timeout is per call, and a call that times out having sent a
+    part returns it: `sendall` then waited the whole timeout again (3x seen on loopback)."""
+    stop = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.request()
+        stop.wait(WAIT)  # reads nothing of the body
+
+    server = serve(script)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            rawhttp.Client(None, 2, 1).request("PUT", server.url(), {}, body=b"x" * (16 << 20))
+    finally:
+        stop.set()
+    assert time.monotonic() - started < 1.9  # one timeout (1 s), not two or more
+
+
 def test_an_https_answer_that_never_comes_times_out(serve, tls, tls_files):
     """TLS keeps Python's own timeout: with the kernel's, `ssl` would wait forever."""
     context, _ = tls
