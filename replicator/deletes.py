@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 REMOVED = "s3:ObjectRemoved:Delete"
 MAX_FAILURES_KEPT = 100  # failure reasons kept per pair; the count is always exact
 TRIES = 3  # a transient failure of one delete is tried again this often, no more
-CLOCK_EVERY = 1000  # listed target keys between two looks at the deadline
+CLOCK_EVERY = 1000  # keys of a listing between two looks at the deadline
 EXPECTED = (CopyError, ClientError, BotoCoreError)
 
 
