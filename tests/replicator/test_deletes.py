@@ -340,19 +340,21 @@ def test_deletes_not_begun_by_the_deadline_are_left_for_the_next_run(stack, pair
 
 def late_plan(stack, spec: str, side: str, **env: str) -> Plan:
     """Plan with `side`'s second listing page held at a fault proxy until the deadline
-    (0.3 s away) has passed: the walk resumes past it mid-listing."""
+    has passed: the walk resumes past it mid-listing. (The deadline leaves page 1 time
+    to come even on a loaded machine: reached before it, page 2 is never asked for.)"""
     proxy = local_stack.FaultProxy(getattr(stack, side).url).start()
     try:
         proxy.add_rule("continuation-token", "stall", listing=True)
         url = "MINIO_URL" if side == "source" else "AWS_URL"
         settings = settings_for(stack, spec, **env, **{url: proxy.url})
         s3 = {s: S3(getattr(settings, s), settings, s) for s in ("source", "target")}
-        planner = Planner(settings, s3["source"], s3["target"], time.monotonic() + 0.3)
+        deadline = time.monotonic() + 3
+        planner = Planner(settings, s3["source"], s3["target"], deadline)
         plans: list[Plan] = []
         walk = threading.Thread(target=lambda: plans.append(planner.plan(settings.pairs[0])))
         walk.start()
         local_stack.wait_until(lambda: proxy.fault_count("", "stall"), 10, "page 2 held")
-        time.sleep(0.5)  # the deadline passes while page 2 is held
+        time.sleep(max(0.0, deadline - time.monotonic()) + 0.2)  # passes while page 2 is held
         proxy.released.set()
         walk.join(30)
         return plans[0]
