@@ -144,7 +144,8 @@ class _Connection:
             raise Unreachable(f"cannot connect to {url.netloc}: {exc!r}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeouts[1])
-        if url.scheme == "https":
+        self.plain = url.scheme != "https"  # blocking, with the kernel's timeouts
+        if not self.plain:
             try:
                 sock = (context or ssl.create_default_context()).wrap_socket(
                     sock, server_hostname=host
@@ -157,7 +158,6 @@ class _Connection:
             _kernel_timeouts(sock, timeouts[1])
             self.file = io.BufferedReader(_Reader(sock), _BUFFER)
         self.sock = sock
-        self.plain = url.scheme != "https"  # blocking, with the kernel's timeouts
         self.timeout = timeouts[1]
         self.host = url.netloc
         self.used = False
