@@ -82,6 +82,8 @@ class PairResult:
     delete_skipped: int = 0  # re-checked and left (e.g. the source has the key again)
     would_delete: Sample[str] = field(default_factory=Sample)  # dry run: target keys
     delete_refused: str = ""  # the brake's reason: nothing was deleted
+    delete_stopped: str = ""  # what the run's deadline cut short ("" when nothing)
+    delete_left: int = 0  # planned deletes not begun by the deadline: the next run's
 
     @property
     def ok(self) -> bool:
@@ -112,6 +114,8 @@ class PairResult:
             "would_delete": self.would_delete.items,
             "would_delete_count": self.would_delete.count,
             "delete_refused": self.delete_refused,
+            "delete_stopped": self.delete_stopped,
+            "delete_left": self.delete_left,
         }
 
 

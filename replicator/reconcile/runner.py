@@ -273,6 +273,7 @@ class PairJob:
         self.result.deletes = True
         self.result.deleted = report.deleted
         self.result.delete_skipped = sum(report.skipped.values())
+        self.result.delete_stopped, self.result.delete_left = report.timed_out, report.left
         for key in report.would_delete:
             self.result.would_delete.add(key)
         if report.refused:

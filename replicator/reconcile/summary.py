@@ -34,10 +34,14 @@ def _delete_outcome(pair: PairResult) -> str:
         return ""
     if pair.delete_refused:
         return "; deletes REFUSED, nothing deleted"
+    stopped = ""
+    if pair.delete_stopped:
+        left = f" with {pair.delete_left} planned left" if pair.delete_left else ""
+        stopped = f", STOPPED by the deadline{left}"
     if pair.dry_run:
-        return f"; would delete {pair.would_delete.count} object(s)"
+        return f"; would delete {pair.would_delete.count} object(s){stopped}"
     skipped = f" ({pair.delete_skipped} kept: re-checked)" if pair.delete_skipped else ""
-    return f"; deleted {pair.deleted} object(s){skipped}"
+    return f"; deleted {pair.deleted} object(s){skipped}{stopped}"
 
 
 def _copy_outcome(pair: PairResult) -> str:
