@@ -373,6 +373,31 @@ def per_object(requests: dict[str, float], count: int) -> str:
     return ", ".join(each) + (f" (+ in all: {', '.join(fixed)})" if fixed else "")
 
 
+def stack_ms(runs: list[Run], count: int) -> float:
+    """Median CPU-ms per object of the whole stack: the client and every server."""
+    return median(runs, lambda r: r.client_cpu + sum(r.servers.values())) * 1000 / count
+
+
+class Box:
+    """What else the machine did during a scenario: its load average and the share of
+    CPU time the hypervisor gave to other guests (steal), from /proc."""
+
+    def __init__(self) -> None:
+        self.load = os.getloadavg()[0]
+        self.ticks = self._ticks()
+
+    @staticmethod
+    def _ticks() -> list[int]:
+        with open("/proc/stat") as stat:
+            return [int(n) for n in stat.readline().split()[1:]]
+
+    def since(self) -> str:
+        ticks = [b - a for a, b in zip(self.ticks, self._ticks(), strict=True)]
+        steal = ticks[7] / max(1, sum(ticks)) if len(ticks) > 7 else 0.0
+        load = f"{self.load:.1f}-{os.getloadavg()[0]:.1f}"
+        return f"load average {load} (start-end), CPU steal {steal:.0%}"
+
+
 def rounds_s(runs: list[Run]) -> str:
     return "/".join(f"{run.seconds:.2f}" for run in runs) + " s"
 
@@ -387,6 +412,7 @@ def bench_small(stack: Stack) -> list[Row]:
     keys = [f"o/{i:06d}" for i in range(count)]
     fill(stack, "bench-s1", count, 4096)
     target = stack.target.client()
+    box = Box()
     mcs: list[Run] = []
     ours: dict[int, list[Run]] = {threads: [] for threads in S1_THREADS}
     replay: dict[int, list[Run]] = {threads: [] for threads in S1_THREADS}
@@ -401,6 +427,7 @@ def bench_small(stack: Stack) -> list[Row]:
                 raise RuntimeError(f"{dst}: {target_count(stack, dst)} objects, not {count}")
             replay[threads].append(worker_run(stack, "bench-s1", dst, keys, threads))
     mc_s = median(mcs, lambda r: r.seconds)
+    conditions = box.since()
     name = "S1: 5,000 × 4 KiB"
     rows: list[Row] = [
         (
@@ -426,7 +453,15 @@ def bench_small(stack: Stack) -> list[Row]:
                 "objects/s, ours / `mc mirror`",
                 f"**{mc_s / ours_s:.2f}×**",
                 f"ours {count / ours_s:.0f}/s vs mc {count / mc_s:.0f}/s, medians of "
-                f"{S1_ROUNDS} interleaved (ours {rounds_s(runs)}); target ≥ 1.2×",
+                f"{S1_ROUNDS} interleaved (ours {rounds_s(runs)}); target ≥ 1.2×; "
+                f"{conditions}",
+            ),
+            (
+                f"{name} queued, {setting}",
+                "stack CPU-ms per object (client + MinIO ×2 + RabbitMQ), ours / `mc mirror`'s",
+                f"{stack_ms(runs, count):.2f} / {stack_ms(mcs, count):.2f}",
+                f"mc's ÷ ours **{stack_ms(mcs, count) / stack_ms(runs, count):.2f}×**: the "
+                "objects/s ratio a CPU-saturated box tends to",
             ),
             (
                 f"{name} queued, {setting}",
