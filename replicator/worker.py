@@ -3,7 +3,8 @@
 pika is not thread-safe: the main thread owns the connection and does all channel work
 (consume, ack, publish); copy threads hand their decisions back through a queue and one
 `add_callback_threadsafe` wake-up at a time. Finished deliveries are acked in batches
-(`multiple=True` up to the highest contiguous finished tag); a retry or dead letter is
+(`multiple=True` up to the highest contiguous finished tag, half a prefetch window or
+50 ms at a time, at once when nothing else is in flight); a retry or dead letter is
 published, confirmed, before its delivery is acked. Every failure goes through
 `policy.decide`, the one decision point.
 """
@@ -11,6 +12,7 @@ published, confirmed, before its delivery is acked. Every failure goes through
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import queue
 import random
@@ -39,6 +41,12 @@ PROBE_EVERY_S = 1.0  # an endpoint is probed at most this often, whatever the th
 PENDING_EVERY_S = 5  # how often the queue depth is read for the pending gauge
 STALLED_S = 30  # tasks ready, room to take them, no delivery this long: reconnect
 RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to RabbitMQ
+PREFETCH_PER_THREAD = 4  # waiting messages per copy thread: hide the ack/deliver round trip
+# Finished deliveries are acked together, once they fill half the prefetch window: RabbitMQ
+# spent ~0.12 CPU-ms per object acking every ~6 of them, ~0.03 acking every ~36 (S1, 16
+# threads). A worker with nothing else outstanding acks at once: a trickle of events is
+# never held back.
+ACK_WAIT_S = 0.05  # the longest a finished delivery otherwise waits for its ack
 _TRANSIENT = tenacity.retry_if_exception(
     lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT
 )
@@ -273,11 +281,10 @@ class Worker:
             channel = connection.channel()
             topology.declare(channel, self.limits.tiers)
             channel.confirm_delivery()
-            # Enough waiting messages per thread to hide the ack/deliver round trip.
-            channel.basic_qos(prefetch_count=self.concurrency * 4)
+            channel.basic_qos(prefetch_count=self.concurrency * PREFETCH_PER_THREAD)
             # This connection's deliveries in delivery order. Deliveries of an earlier,
             # lost connection are not waited for: RabbitMQ redelivers them.
-            self._channel, self._outstanding = channel, {}
+            self._channel, self._outstanding, self._ack_due = channel, {}, 0.0
             self._finished, self._woken = queue.SimpleQueue(), False
 
             def on_message(channel, method, properties, body) -> None:
@@ -295,7 +302,7 @@ class Worker:
             self._consumed = True
             measured, self._delivered = 0.0, time.monotonic()
             while not self.stopping.is_set():
-                connection.process_data_events(time_limit=1)
+                connection.process_data_events(time_limit=ACK_WAIT_S if self._ack_due else 1)
                 self._settle()
                 if time.monotonic() - measured > PENDING_EVERY_S:
                     depth = channel.queue_declare(topology.WORK_QUEUE, passive=True)
@@ -318,7 +325,8 @@ class Worker:
         registered while a quorum queue had no leader (a node had just died) can stay
         silent. A new connection and channel consume again."""
         idle = time.monotonic() - self._delivered
-        if ready and len(self._outstanding) < self.concurrency * 4 and idle > STALLED_S:
+        room = len(self._outstanding) < self.concurrency * PREFETCH_PER_THREAD
+        if ready and room and idle > STALLED_S:
             log.warning("%d task(s) wait but none came for %.0fs: reconnecting", ready, idle)
             raise pika.exceptions.AMQPError("consumer stalled")
 
@@ -338,17 +346,31 @@ class Worker:
             self._act(channel, delivery)
             delivery.settled = True
             finished = True
-        if not finished:
+        self._ack(channel, finished)
+
+    def _ack(self, channel, finished: bool) -> None:
+        """Ack the contiguous finished prefix (`multiple=True`): at once when nothing after
+        it is outstanding, else once it fills half the prefetch window or has waited
+        ACK_WAIT_S."""
+        if not finished and not self._ack_due:
             return
-        last = 0
+        last = count = 0
         for tag, delivery in self._outstanding.items():
             if not delivery.settled:
                 break
-            last = tag
-        if last:
-            for tag in [t for t in self._outstanding if t <= last]:
-                del self._outstanding[tag]
-            channel.basic_ack(last, multiple=True)
+            last, count = tag, count + 1
+        if not last:
+            return
+        caught_up = count == len(self._outstanding)  # nothing in flight after it
+        now = time.monotonic()
+        self._ack_due = self._ack_due or now + ACK_WAIT_S
+        half = self.concurrency * PREFETCH_PER_THREAD // 2
+        if not caught_up and count < half and now < self._ack_due:
+            return
+        for tag in list(itertools.islice(self._outstanding, count)):
+            del self._outstanding[tag]
+        channel.basic_ack(last, multiple=True)
+        self._ack_due = 0.0
         metrics.UNACKED.set(len(self._outstanding))
 
     def _act(self, channel, delivery: Delivery) -> None:

@@ -3,6 +3,7 @@ RabbitMQ needed: `handle` is the copy thread's whole job)."""
 
 from __future__ import annotations
 
+import queue
 import time
 
 import pika
@@ -10,6 +11,7 @@ import pytest
 
 from replicator import config, message
 from replicator import worker as worker_module
+from replicator.policy import Decision
 from replicator.task import Task
 from replicator.worker import Delivery, Worker
 from tests.conftest import base_env
@@ -82,8 +84,70 @@ def test_a_consumer_that_hears_nothing_while_tasks_wait_reconnects(worker):
         work._check_stalled(ready=5)
 
     work._check_stalled(ready=0)  # nothing waits
-    work._outstanding = {tag: None for tag in range(work.concurrency * 4)}
+    work._outstanding = {tag: None for tag in range(work.concurrency * 4)}  # the prefetch
     work._check_stalled(ready=5)  # no room: the worker is busy, not stalled
     work._outstanding = {}
     work._delivered = time.monotonic()
     work._check_stalled(ready=5)  # a delivery just came
+
+
+class Channel:
+    """Records the acks the connection thread sends (the channel is that thread's alone)."""
+
+    is_open = True
+
+    def __init__(self) -> None:
+        self.acks: list[int] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        assert multiple
+        self.acks.append(tag)
+
+
+@pytest.fixture
+def acking(worker):
+    """The worker's connection-thread state with 64 deliveries outstanding (16 threads'
+    prefetch window), and `finish(tags)`: those copies end and the thread settles."""
+    _, work = worker
+    work.concurrency = 16
+    work._channel = channel = Channel()
+    work._outstanding = {tag: Delivery(tag, b"", {}) for tag in range(1, 65)}
+    work._finished, work._ack_due = queue.SimpleQueue(), 0.0
+
+    def finish(*tags: int) -> list[int]:
+        for tag in tags:
+            delivery = work._outstanding[tag]
+            delivery.decision = Decision("ack")
+            work._finished.put(delivery)
+        work._settle()
+        return channel.acks
+
+    return work, finish
+
+
+def test_finished_deliveries_are_acked_half_a_prefetch_window_at_a_time(acking):
+    work, finish = acking
+    assert finish(*range(1, 32)) == []  # 31 finished: not yet
+    assert finish(32) == [32]  # half the window: one ack for all 32
+    assert finish(*range(34, 65)) == [32]  # 33 is still copying: nothing after it goes
+    assert finish(33) == [32, 64]
+    assert work._outstanding == {}
+
+
+def test_a_finished_delivery_waits_for_its_ack_at_most_ack_wait_s(acking):
+    work, finish = acking
+    assert finish(1, 2, 3) == []
+    assert 0 < work._ack_due - time.monotonic() <= worker_module.ACK_WAIT_S
+    work._ack_due = time.monotonic()  # as when ACK_WAIT_S has passed
+    assert finish() == [3]  # the main loop settles after each (shortened) wait
+    assert work._ack_due == 0.0
+
+
+def test_a_worker_with_nothing_else_in_flight_acks_at_once(acking):
+    """A trickle of events: each copy is acked as soon as it is done."""
+    work, finish = acking
+    work._outstanding = {7: Delivery(7, b"", {})}
+    assert finish(7) == [7]
+    work._outstanding = {8: Delivery(8, b"", {}), 9: Delivery(9, b"", {})}
+    assert finish(9) == [7]  # 8 still copying
+    assert finish(8) == [7, 9]
