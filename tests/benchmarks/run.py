@@ -379,8 +379,9 @@ def stack_ms(runs: list[Run], count: int) -> float:
 
 
 class Box:
-    """What else the machine did during a scenario: its load average and the share of
-    CPU time the hypervisor gave to other guests (steal), from /proc."""
+    """How busy the machine was during a scenario: its load average (the scenario's own
+    processes included) and the share of CPU time the hypervisor gave to other guests
+    (steal), from /proc."""
 
     def __init__(self) -> None:
         self.load = os.getloadavg()[0]
@@ -395,7 +396,7 @@ class Box:
         ticks = [b - a for a, b in zip(self.ticks, self._ticks(), strict=True)]
         steal = ticks[7] / max(1, sum(ticks)) if len(ticks) > 7 else 0.0
         load = f"{self.load:.1f}-{os.getloadavg()[0]:.1f}"
-        return f"load average {load} (start-end), CPU steal {steal:.0%}"
+        return f"load average {load} (start-end, ours included), CPU steal {steal:.0%}"
 
 
 def rounds_s(runs: list[Run]) -> str:
