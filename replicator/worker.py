@@ -43,9 +43,9 @@ STALLED_S = 30  # tasks ready, room to take them, no delivery this long: reconne
 RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to RabbitMQ
 PREFETCH_PER_THREAD = 4  # waiting messages per copy thread: hide the ack/deliver round trip
 # Finished deliveries are acked together, once they fill half the prefetch window: RabbitMQ
-# spent ~0.12 CPU-ms per object acking every ~6 of them, ~0.03 acking every ~36 (S1, 16
-# threads). A worker with nothing else outstanding acks at once: a trickle of events is
-# never held back.
+# spent 0.13-0.18 CPU-ms per object acking every ~6 of them, 0.04-0.05 acking every ~36
+# (S1, 16 threads). A worker with nothing else outstanding acks at once: a trickle of
+# events is never held back.
 ACK_WAIT_S = 0.05  # the longest a finished delivery otherwise waits for its ack
 _TRANSIENT = tenacity.retry_if_exception(
     lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT
