@@ -84,7 +84,8 @@ def test_a_consumer_that_hears_nothing_while_tasks_wait_reconnects(worker):
         work._check_stalled(ready=5)
 
     work._check_stalled(ready=0)  # nothing waits
-    work._outstanding = {tag: None for tag in range(work.concurrency * 4)}  # the prefetch
+    prefetch = work.concurrency * worker_module.PREFETCH_PER_THREAD
+    work._outstanding = {tag: None for tag in range(prefetch)}
     work._check_stalled(ready=5)  # no room: the worker is busy, not stalled
     work._outstanding = {}
     work._delivered = time.monotonic()
