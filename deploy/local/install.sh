@@ -19,6 +19,20 @@ go_binary() {  # name module version
   echo "$version" >"$stamp"
 }
 
+toxiproxy() {  # cmd/server installs as "server": renamed, so PATH gets no bare "server"
+  local stamp="$cache/bin/.toxiproxy-server.version"
+  if [[ -x $cache/bin/toxiproxy-server && -f $stamp && $(cat "$stamp") == "$TOXIPROXY_VERSION" ]]; then
+    return
+  fi
+  echo "install: building toxiproxy-server $TOXIPROXY_VERSION with go install"
+  mkdir -p "$cache/bin" "$cache/toxiproxy"
+  GOBIN="$cache/toxiproxy" GOFLAGS=-mod=mod CGO_ENABLED=0 \
+    go install "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION"
+  mv "$cache/toxiproxy/server" "$cache/bin/toxiproxy-server"
+  "$cache/bin/toxiproxy-server" -version >/dev/null
+  echo "$TOXIPROXY_VERSION" >"$stamp"
+}
+
 debian_packages() {
   local missing=()
   [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || missing+=(rabbitmq-server)
@@ -51,5 +65,6 @@ virtualenv() {
 
 go_binary minio github.com/minio/minio "$MINIO_VERSION"
 go_binary mc github.com/minio/mc "$MC_VERSION"
+toxiproxy
 debian_packages
 virtualenv

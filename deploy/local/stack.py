@@ -66,10 +66,25 @@ def binary(name: str) -> str:
 
 
 class MinioServer:
-    """One MinIO server on a loopback port with its own data dir."""
+    """One MinIO server on a loopback port with its own data dir.
 
-    def __init__(self, name: str, root: Path, extra_env: dict[str, str] | None = None) -> None:
+    With `certs_dir` (public.crt and private.key, e.g. from tls.CertificateAuthority) it
+    serves TLS only; `ca_file` is the PEM this side's own clients (health probe, boto3)
+    trust it by.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        certs_dir: Path | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
         self.name = name
+        self.certs_dir = certs_dir
+        self.ca_file = ca_file
         self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.access_key = f"{name}-admin"
@@ -80,11 +95,18 @@ class MinioServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.certs_dir else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def _live(self) -> bool:
+        context = None
+        if self.certs_dir:
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.ca_file)
         try:
-            with urllib.request.urlopen(f"{self.url}/minio/health/live", timeout=1) as r:
+            url = f"{self.url}/minio/health/live"
+            with urllib.request.urlopen(url, timeout=1, context=context) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -109,6 +131,7 @@ class MinioServer:
                 f"127.0.0.1:{self.port}",
                 "--console-address",
                 f"127.0.0.1:{free_port()}",
+                *(["--certs-dir", str(self.certs_dir)] if self.certs_dir else []),
                 str(self.dir / "data"),
             ],
             env=env,
@@ -162,6 +185,7 @@ class MinioServer:
             aws_access_key_id=access_key or self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
             region_name="us-east-1",
+            verify=str(self.ca_file) if self.ca_file else None,
             config=Config(
                 s3={"addressing_style": "path"},
                 request_checksum_calculation="when_required",
@@ -260,8 +284,10 @@ class MotoServer:
     _REQUEST = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3})')
     _STYLE = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours some request lines
 
-    def __init__(self, root: Path, name: str = "aws-like") -> None:
+    def __init__(self, root: Path, name: str = "aws-like", *, shim: bool = True) -> None:
+        """shim=False runs plain moto (`python -m moto.server`), without aws_like.py."""
         self.name = name
+        self.shim = shim
         self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.access_key = "AKIAMOTOLOCAL" + secrets.token_hex(4).upper()
@@ -291,8 +317,11 @@ class MotoServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
         env.update(PYTHONUNBUFFERED="1", MOTO_PORT=str(self.port))
         log = open(self.log, "ab")  # noqa: SIM115 - owned by the process
+        command = [sys.executable, str(Path(__file__).with_name("aws_like.py"))]
+        if not self.shim:
+            command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1"]
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("aws_like.py")), "-p", str(self.port)],
+            [*command, "-p", str(self.port)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -162,6 +162,33 @@ class Proc:
 
 
 @pytest.fixture
+def spawn_cli(stack, rabbit, tmp_path) -> Iterator[Callable[..., Proc]]:
+    """spawn(*args, **env) starts `minio-s3-mirror <args>` with the session stack's
+    variables and RabbitMQ, and the pipeline tests' settings; `env` overrides them (None
+    unsets one). For tests that bring their own endpoints (TLS, proxies, slow links)."""
+    started: list[Proc] = []
+
+    def spawn(*args: str, **env: str | None) -> Proc:
+        full = {
+            **base_env(stack),
+            "RABBITMQ_URL": rabbit.url,
+            "MIRROR_LOG_FORMAT": "json",
+            "MIRROR_DEBUG": "true",
+            "MIRROR_RETRY_DELAYS": ",".join(map(str, TEST_DELAYS)),
+            "METRICS_ADDRESS": f"127.0.0.1:{local_stack.free_port()}",
+            **env,
+        }
+        full = {k: v for k, v in full.items() if v is not None}
+        proc = Proc(list(args), full, tmp_path / f"{args[0]}-{len(started)}.log").start()
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
 def procs(stack, rabbit, notifying, tmp_path) -> Iterator[Callable[..., Proc]]:
     """spawn(*args, **env) starts `minio-s3-mirror <args>` against the pipeline stack."""
     started: list[Proc] = []
