@@ -139,21 +139,19 @@ class Backfill:
         report.failed += deletes.failed - len(deletes.failures)  # beyond the kept reasons
 
     def pair(self, pair: BucketPair, report: PairReport) -> None:
-        accepts = KeyFilter.for_pair(self.settings, pair).accepts
-        source_prefix = pair.source_prefix(self.settings.prefix)
-        target_prefix = pair.target_prefix(self.settings.prefix)
-        targets = self.target.list(pair.target_bucket, target_prefix)
+        keys = KeyFilter.for_pair(self.settings, pair)
+        targets = self.target.list(pair.target_bucket, keys.target_listing)
         target = next(targets, None)
         progress = tqdm(desc=str(pair), unit=" keys", disable=not sys.stderr.isatty())
         next_log, pending = time.monotonic() + LOG_EVERY_S, deque()
-        for obj in self.source.list(pair.source_bucket, source_prefix):
+        for obj in self.source.list(pair.source_bucket, keys.listing):
             report.listed += 1
             progress.update()
             if progress.disable and report.listed % 1000 == 0 and time.monotonic() > next_log:
                 log.info("%s: %d listed, %d to copy so far", pair, report.listed, report.queued)
                 next_log = time.monotonic() + LOG_EVERY_S
-            if not accepts(obj.key):
-                report.excluded += 1
+            if not keys.accepts(obj.key):
+                report.excluded += keys.excluded(obj.key)  # only MIRROR_EXCLUDE's matches
                 continue
             want = pair.target_key(obj.key)
             while target is not None and target.key < want:  # merge: skip target-only

@@ -2,6 +2,11 @@
 
 Reconcile hands the same prefix and patterns to mc; the listener, worker and backfill
 ask this matcher, so every path copies the same set of keys.
+
+A prefix names a folder, as `mc mirror minio/<bucket>/<prefix>` reads it: `--prefix o/0`
+(or `o/0/`) means the keys under `o/0/`, i.e. `o/0/inside` but not `o/000001` or
+`o/0-big`. Listings ask for exactly that folder (`listing`), so nothing outside it is
+listed and then dropped; "excluded" counts only keys MIRROR_EXCLUDE matched.
 """
 
 from __future__ import annotations
@@ -44,6 +49,16 @@ class KeyFilter:
         return self.pair.source_prefix(self.prefix)
 
     @cached_property
+    def listing(self) -> str:
+        """The source listing prefix: the folder itself ("" for a whole bucket)."""
+        return folder(self.scope)
+
+    @cached_property
+    def target_listing(self) -> str:
+        """The same folder on the target side."""
+        return folder(self.pair.target_prefix(self.prefix))
+
+    @cached_property
     def _patterns(self) -> tuple[re.Pattern[bytes], ...]:
         return tuple(_pattern_regex(p) for p in self.exclude)
 
@@ -57,9 +72,20 @@ class KeyFilter:
 
     def accepts(self, key: str) -> bool:
         suffix = self.suffix(key)
-        if suffix is None:
-            return False
-        return not self._patterns or not any(p.fullmatch(suffix.encode()) for p in self._patterns)
+        return suffix is not None and not self._matched(suffix)
+
+    def excluded(self, key: str) -> bool:
+        """In the folder, and matched by a MIRROR_EXCLUDE pattern."""
+        suffix = self.suffix(key)
+        return suffix is not None and self._matched(suffix)
+
+    def _matched(self, suffix: str) -> bool:
+        return bool(self._patterns) and any(p.fullmatch(suffix.encode()) for p in self._patterns)
+
+
+def folder(prefix: str) -> str:
+    """A listing prefix for a folder: `a/b` -> `a/b/`, the bucket's root -> ""."""
+    return f"{prefix}/" if prefix else ""
 
 
 def shares_target(settings: Settings, pair: BucketPair, target_key: str) -> bool:

@@ -16,10 +16,12 @@ OBJECTS_REPLICATED = Counter(f"{P}objects_replicated", "Objects copied and verif
 BYTES_REPLICATED = Counter(f"{P}bytes_replicated", "Bytes copied and verified")
 OBJECTS_DELETED = Counter(f"{P}objects_deleted", "Target copies deleted (MIRROR_DELETE)")
 SKIPPED = Counter(f"{P}objects_skipped", "Tasks with nothing to do", ["reason"])
-FAILURES = Counter(f"{P}copy_failures", "Failed copy attempts", ["kind"])
+FAILURES = Counter(f"{P}copy_failures", "Failed copies (not waits for a down endpoint)", ["kind"])
 RETRIES = Counter(f"{P}retries", "Tasks sent to a delayed retry queue")
 DEAD_LETTERED = Counter(f"{P}dead_lettered", "Tasks parked in the dead-letter queue")
-HOLDS = Counter(f"{P}endpoint_holds", "Waits for a down endpoint, by side", ["side"])
+HOLDS = Counter(
+    f"{P}endpoint_holds", "Tasks held for a down endpoint, once per task per outage", ["side"]
+)
 LATENCY = Histogram(
     f"{P}replication_latency_seconds",
     "Source event to verified copy",
@@ -48,3 +50,26 @@ _SKIP_REASONS = (
 def skip_reason(text: str) -> str:
     """A bounded label for a skip reason."""
     return next((label for prefix, label in _SKIP_REASONS if text.startswith(prefix)), "other")
+
+
+RECONCILE_GAUGES = {
+    "success": ("reconcile_success", "1 if the pair's last reconcile run had no failure"),
+    "finished": ("reconcile_last_run_timestamp_seconds", "When the pair's last run ended"),
+    "copied": ("reconcile_objects_copied", "Objects the pair's last run copied"),
+    "bytes": ("reconcile_bytes_copied", "Bytes the pair's last run copied"),
+    "failures": ("reconcile_failures", "Failures in the pair's last run"),
+    "duration": ("reconcile_duration_seconds", "How long the pair's last run took"),
+}
+
+
+def reconcile_registry():
+    """A registry of its own with the per-pair gauges a reconcile run pushes to a
+    Pushgateway (MIRROR_PUSHGATEWAY_URL): a CronJob ends before any scrape."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    gauges = {
+        key: Gauge(f"{P}{name}", text, ["pair"], registry=registry)
+        for key, (name, text) in RECONCILE_GAUGES.items()
+    }
+    return registry, gauges

@@ -61,15 +61,19 @@ def decide(
 
 
 def record(decision: Decision) -> None:
-    """Count a decision (the only place these counters move)."""
+    """Count a decision (the only place these counters move). A hold is not a failed copy:
+    the caller records it once per task per outage (`endpoint_holds_total`), and a task
+    that then waits out the outage in a delay queue counts as a retry, not a failure."""
     kind = decision.kind.value if decision.kind else "unknown"
     if decision.action == "ack":
         metrics.SKIPPED.labels(metrics.skip_reason(decision.reason)).inc()
         return
-    metrics.FAILURES.labels(kind).inc()
     if decision.action == "hold":
         metrics.HOLDS.labels(decision.side or "unknown").inc()
-    elif decision.action == "retry":
+        return
+    if decision.kind is not Kind.DOWN:
+        metrics.FAILURES.labels(kind).inc()
+    if decision.action == "retry":
         metrics.RETRIES.inc()
     elif decision.action == "dead":
         metrics.DEAD_LETTERED.inc()

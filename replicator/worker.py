@@ -3,10 +3,9 @@
 pika is not thread-safe: the main thread owns the connection and does all channel work
 (consume, ack, publish); copy threads hand their decisions back through a queue and one
 `add_callback_threadsafe` wake-up at a time. Finished deliveries are acked in batches
-(`multiple=True` up to the highest contiguous finished tag, half a prefetch window or
-50 ms at a time, at once when nothing else is in flight); a retry or dead letter is
-published, confirmed, before its delivery is acked. Every failure goes through
-`policy.decide`, the one decision point.
+without head-of-line blocking (see `_ack`); a retry or dead letter is published,
+confirmed, before its delivery is acked. Every failure goes through `policy.decide`, the
+one decision point.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from .task import MalformedTask, Task
 log = logging.getLogger(__name__)
 
 IN_PROCESS_ATTEMPTS = 3
-PROBE_EVERY_S = 1.0  # an endpoint is probed at most this often, whatever the thread count
+PROBE_EVERY_S = 0.5  # an endpoint is probed at most this often, whatever the thread count
 PENDING_EVERY_S = 5  # how often the queue depth is read for the pending gauge
 STALLED_S = 30  # tasks ready, room to take them, no delivery this long: reconnect
 RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to RabbitMQ
@@ -47,6 +46,9 @@ PREFETCH_PER_THREAD = 4  # waiting messages per copy thread: hide the ack/delive
 # (S1, 16 threads). A worker with nothing else outstanding acks at once: a trickle of
 # events is never held back.
 ACK_WAIT_S = 0.05  # the longest a finished delivery otherwise waits for its ack
+# A task moved to a delay queue during an outage carries the (wall-clock) time it was
+# first held in it, so that it is counted once per outage, however often it comes back.
+HELD_SINCE = "x-mirror-held-since"
 _TRANSIENT = tenacity.retry_if_exception(
     lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT
 )
@@ -64,16 +66,28 @@ def replication_latency(task: Task) -> float | None:
 
 
 class Endpoint:
-    """One side's health as all copy threads see it: probed at most once a second,
-    an outage logged once when it starts and once when it ends (rclone's pacer)."""
+    """One side's health as all copy threads see it (rclone's pacer): probed at most every
+    PROBE_EVERY_S. While it is down a watcher thread keeps probing it and, the moment it
+    answers, wakes every task held for it; an outage is logged once when it starts and once
+    when it ends, with the number of tasks that waited."""
 
-    def __init__(self, side: str, probe) -> None:
+    def __init__(self, side: str, probe, stopping: threading.Event) -> None:
         self.side = side
         self._probe = probe
+        self._stopping = stopping
         self._lock = threading.Lock()
         self._checked = 0.0
         self._up = True
-        self._down_since = 0.0
+        self._back = threading.Event()  # set while up (and on stop): holders wait on it
+        self._back.set()
+        self.down_since = 0.0  # monotonic
+        self.down_since_wall = 0.0  # time.time(), compared with HELD_SINCE headers
+        self.came_back = 0.0  # monotonic time the last outage ended
+        self._held = 0  # tasks held in this outage
+
+    @property
+    def down(self) -> bool:
+        return not self._up
 
     def up(self) -> bool:
         with self._lock:
@@ -88,14 +102,46 @@ class Endpoint:
             with self._lock:
                 self._set(True)
 
+    def hold(self, seconds: float) -> None:
+        """Wait up to `seconds`, or until the endpoint is seen back or the worker stops."""
+        self._back.wait(seconds)
+
+    def held(self) -> None:
+        """One more task waits for this outage (reported when it ends)."""
+        with self._lock:
+            self._held += 1
+
+    def wake(self) -> None:
+        """Release every holder (the worker is stopping); safe from a signal handler."""
+        self._back.set()
+
     def _set(self, up: bool) -> None:
         if up and not self._up:
-            took = time.monotonic() - self._down_since
-            log.warning("%s is reachable again after %.0fs; held work resumes", self.side, took)
+            took = time.monotonic() - self.down_since
+            log.warning(
+                "%s is reachable again after %.0fs; %d held task(s) resume",
+                self.side,
+                took,
+                self._held,
+            )
+            self.came_back, self._held = time.monotonic(), 0
+            self._up = True
+            self._back.set()
         elif not up and self._up:
-            self._down_since = time.monotonic()
+            self.down_since, self.down_since_wall = time.monotonic(), time.time()
             log.warning("%s unreachable: holding its work until it answers", self.side)
-        self._up = up
+            self._up = False
+            self._back.clear()
+            threading.Thread(target=self._watch, daemon=True, name=f"watch-{self.side}").start()
+
+    def _watch(self) -> None:
+        """Probe every PROBE_EVERY_S while down (whoever probed last), so that held work
+        resumes within a probe interval of the endpoint's return, not after its back-off."""
+        while self._up is False:
+            wait = self._checked + PROBE_EVERY_S - time.monotonic()
+            if self._stopping.wait(max(wait, 0.0)):
+                return
+            self.up()
 
 
 @dataclass
@@ -106,7 +152,8 @@ class Delivery:
     redelivered: bool = False  # RabbitMQ delivered it before (to a worker that died)
     decision: Decision | None = None  # set by the copy thread
     subject: str = ""
-    settled: bool = False  # set by the connection thread once acted on: may be acked
+    settled_at: float = 0.0  # when the connection thread acted on it: may be acked since
+    held_at: float = 0.0  # time.time() it was first held in the current outage, if it was
 
 
 class Worker:
@@ -115,8 +162,9 @@ class Worker:
         self.concurrency = concurrency
         self.limits = policy.Limits(settings.retry_delays, settings.hold_max_s)
         self.copier = Copier(settings, pool=concurrency * 2 + 2)
+        self.stopping = threading.Event()
         self.endpoints = {
-            side: Endpoint(side, lambda side=side: self.copier.probe(side))
+            side: Endpoint(side, lambda side=side: self.copier.probe(side), self.stopping)
             for side in ("source", "target")
         }
         self.retrying = tenacity.Retrying(
@@ -125,7 +173,6 @@ class Worker:
             wait=tenacity.wait_random_exponential(multiplier=0.2, max=3),
             reraise=True,
         )
-        self.stopping = threading.Event()
         self.consuming = threading.Event()  # readiness: connected and consuming
         self.digest = Digest(settings)
         self._finished: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
@@ -153,7 +200,7 @@ class Worker:
         metrics.IN_FLIGHT.inc()
         try:
             for task in tasks:
-                decision = self._one(task, attempt, replay)
+                decision = self._one(task, attempt, replay, delivery)
                 if decision.action != "ack":
                     delivery.subject = f"{task.bucket}/{task.key}"
                     return decision
@@ -161,7 +208,9 @@ class Worker:
             metrics.IN_FLIGHT.dec()
         return Decision("ack")
 
-    def _one(self, task: Task, attempt: int, replay: bool = False) -> Decision:
+    def _one(
+        self, task: Task, attempt: int, replay: bool = False, delivery: Delivery | None = None
+    ) -> Decision:
         """Copy one task, holding while an endpoint is down; the policy decides failures."""
         started = time.monotonic()
         held_since = 0.0
@@ -170,25 +219,46 @@ class Worker:
                 outcome = self._copy(task, replay)
             except CopyError as exc:
                 kind = exc.kind
-                if kind is Kind.DOWN and self.endpoints[exc.side or "target"].up():
+                endpoint = self.endpoints[exc.side or "target"]
+                if kind is Kind.DOWN and endpoint.up():
                     kind = Kind.TRANSIENT  # the endpoint answers: this key failed
                 elif kind is Kind.CONFLICT:
                     kind = Kind.TRANSIENT
                 held = time.monotonic() - held_since if held_since else 0.0
                 decision = policy.decide(kind, exc.side, exc.reason, attempt, held, self.limits)
-                policy.record(decision)
                 if decision.action == "hold":
                     if self.stopping.is_set():
                         return Decision("requeue", "worker stopping while an endpoint is down")
-                    held_since = held_since or time.monotonic()
-                    self.stopping.wait(decision.wait_s * random.uniform(0.8, 1.2))
+                    if not held_since:
+                        held_since = time.monotonic()
+                        self._count_hold(decision, endpoint, delivery)
+                    endpoint.hold(decision.wait_s * random.uniform(0.8, 1.2))
                     continue
-                self._log(task, attempt, decision.action, decision.reason)
+                policy.record(decision)
+                # An outage is logged by its endpoint, once: not once per task it moves.
+                self._log(task, attempt, decision.action, decision.reason, quiet=bool(held_since))
                 return decision
             for endpoint in self.endpoints.values():
                 endpoint.answered()
             self._record(task, attempt, outcome, time.monotonic() - started)
             return Decision("ack", outcome.reason)
+
+    @staticmethod
+    def _count_hold(decision: Decision, endpoint: Endpoint, delivery: Delivery | None) -> None:
+        """Count a task's hold once per outage: not again when it comes back from a delay
+        queue (HELD_SINCE) while the same outage lasts."""
+        try:
+            before = float(message.text(delivery.headers if delivery else {}, HELD_SINCE) or 0)
+        except ValueError:
+            before = 0.0
+        if before and before >= endpoint.down_since_wall:
+            if delivery:
+                delivery.held_at = before
+            return
+        if delivery:
+            delivery.held_at = time.time()
+        policy.record(decision)
+        endpoint.held()
 
     def _copy(self, task: Task, replay: bool) -> Outcome:
         """The copy, with in-process retries of transient failures (tenacity is entered
@@ -221,11 +291,17 @@ class Worker:
         self._log(task, attempt, "copied", outcome.reason, latency)
 
     def _log(
-        self, task: Task, attempt: int, what: str, reason: str, latency: float | None = None
+        self,
+        task: Task,
+        attempt: int,
+        what: str,
+        reason: str,
+        latency: float | None = None,
+        *,
+        quiet: bool = False,
     ) -> None:
-        level = (
-            logging.DEBUG if what in ("copied", "skipped", "ack", "deleted") else logging.WARNING
-        )
+        quiet = quiet or what in ("copied", "skipped", "ack", "deleted")
+        level = logging.DEBUG if quiet else logging.WARNING
         if not log.isEnabledFor(level):
             return
         outcome = {"ack": "skipped", "retry": "failed", "dead": "failed"}.get(what, what)
@@ -256,8 +332,8 @@ class Worker:
 
     def run(self) -> None:
         health.serve(self.settings.metrics_address, self.consuming.is_set)
-        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="copy") as pool:
             delay, down = RECONNECT_S[0], False
             while not self.stopping.is_set():
@@ -275,6 +351,12 @@ class Worker:
         self.digest.close()
         log.info("worker stopped")
 
+    def stop(self) -> None:
+        """Take no more work; held tasks go back to the queue at once."""
+        self.stopping.set()
+        for endpoint in self.endpoints.values():
+            endpoint.wake()
+
     def _consume(self, pool: ThreadPoolExecutor) -> None:
         connection = broker.connect(self.settings.rabbitmq_url, name="minio-s3-mirror worker")
         try:
@@ -284,7 +366,7 @@ class Worker:
             channel.basic_qos(prefetch_count=self.concurrency * PREFETCH_PER_THREAD)
             # This connection's deliveries in delivery order. Deliveries of an earlier,
             # lost connection are not waited for: RabbitMQ redelivers them.
-            self._channel, self._outstanding, self._ack_due = channel, {}, 0.0
+            self._channel, self._outstanding, self._ack_due, self._unacked = channel, {}, 0.0, 0
             self._finished, self._woken = queue.SimpleQueue(), False
 
             def on_message(channel, method, properties, body) -> None:
@@ -302,7 +384,8 @@ class Worker:
             self._consumed = True
             measured, self._delivered = 0.0, time.monotonic()
             while not self.stopping.is_set():
-                connection.process_data_events(time_limit=ACK_WAIT_S if self._ack_due else 1)
+                due = self._ack_due - time.monotonic() if self._ack_due else 1.0
+                connection.process_data_events(time_limit=min(max(due, 0.0), 1.0))
                 self._settle()
                 if time.monotonic() - measured > PENDING_EVERY_S:
                     depth = channel.queue_declare(topology.WORK_QUEUE, passive=True)
@@ -323,19 +406,23 @@ class Worker:
     def _check_stalled(self, ready: int) -> None:
         """Tasks wait, this worker has room, yet nothing came for a while: a consumer
         registered while a quorum queue had no leader (a node had just died) can stay
-        silent. A new connection and channel consume again."""
-        idle = time.monotonic() - self._delivered
+        silent. A new connection and channel consume again. A window of tasks held for a
+        down endpoint is not silence: nothing is checked while one is down, and the quiet
+        is counted from its return at the earliest."""
+        if any(endpoint.down for endpoint in self.endpoints.values()):
+            return
+        since = max(self._delivered, *(e.came_back for e in self.endpoints.values()))
+        idle = time.monotonic() - since
         room = len(self._outstanding) < self.concurrency * PREFETCH_PER_THREAD
         if ready and room and idle > STALLED_S:
             log.warning("%d task(s) wait but none came for %.0fs: reconnecting", ready, idle)
             raise pika.exceptions.AMQPError("consumer stalled")
 
     def _settle(self) -> None:
-        """Act on every finished delivery, then ack the contiguous finished prefix."""
+        """Act on every finished delivery, then ack what is due."""
         with self._wake:
             self._woken = False
         channel = self._channel
-        finished = False
         while True:
             try:
                 delivery = self._finished.get_nowait()
@@ -344,33 +431,51 @@ class Worker:
             if self._outstanding.get(delivery.tag) is not delivery or not channel.is_open:
                 continue  # of a lost channel (tags restart on a new one): RabbitMQ redelivers
             self._act(channel, delivery)
-            delivery.settled = True
-            finished = True
-        self._ack(channel, finished)
+            if delivery.tag in self._outstanding:  # not rejected back to the queue
+                delivery.settled_at = time.monotonic()
+                self._unacked += 1
+        self._ack(channel)
 
-    def _ack(self, channel, finished: bool) -> None:
-        """Ack the contiguous finished prefix (`multiple=True`): at once when nothing after
-        it is outstanding, else once it fills half the prefetch window or has waited
-        ACK_WAIT_S."""
-        if not finished and not self._ack_due:
+    def _ack(self, channel) -> None:
+        """Ack finished deliveries in batches, never behind an unfinished one.
+
+        `multiple=True` acks every tag up to the one given, so it covers only the run of
+        finished deliveries at the head of the window: at once when nothing else is
+        outstanding, else once the run fills half the prefetch window or its oldest has
+        waited ACK_WAIT_S. A finished delivery behind a copy still under way (a large
+        object, a slow source) is acked on its own once it has waited ACK_WAIT_S: a long
+        copy holds one slot of the window, never the window.
+        """
+        if not self._unacked:
             return
-        last = count = 0
-        for tag, delivery in self._outstanding.items():
-            if not delivery.settled:
-                break
-            last, count = tag, count + 1
-        if not last:
-            return
-        caught_up = count == len(self._outstanding)  # nothing in flight after it
         now = time.monotonic()
-        self._ack_due = self._ack_due or now + ACK_WAIT_S
+        run = last = 0  # the finished run at the head of the window, and its last tag
+        head, oldest = True, now
+        behind: list[int] = []  # finished after an unfinished one and waited ACK_WAIT_S
+        for tag, delivery in self._outstanding.items():
+            if not delivery.settled_at:
+                head = False
+                continue
+            oldest = min(oldest, delivery.settled_at)
+            if head:
+                run, last = run + 1, tag
+            elif now - delivery.settled_at >= ACK_WAIT_S:
+                behind.append(tag)
+        caught_up = run == len(self._outstanding)  # nothing outstanding after the run
         half = self.concurrency * PREFETCH_PER_THREAD // 2
-        if not caught_up and count < half and now < self._ack_due:
-            return
-        for tag in list(itertools.islice(self._outstanding, count)):
+        if run and (caught_up or run >= half or now - oldest >= ACK_WAIT_S):
+            for tag in list(itertools.islice(self._outstanding, run)):
+                del self._outstanding[tag]
+            channel.basic_ack(last, multiple=True)
+            self._unacked -= run
+        for tag in behind:
             del self._outstanding[tag]
-        channel.basic_ack(last, multiple=True)
+            channel.basic_ack(tag)
+        self._unacked -= len(behind)
         self._ack_due = 0.0
+        if self._unacked:
+            waiting = (d.settled_at for d in self._outstanding.values() if d.settled_at)
+            self._ack_due = min(waiting) + ACK_WAIT_S
         metrics.UNACKED.set(len(self._outstanding))
 
     def _act(self, channel, delivery: Delivery) -> None:
@@ -389,6 +494,10 @@ class Worker:
         headers[message.LAST_FAILURE] = message.now()
         if decision.action == "retry":
             headers[message.ATTEMPT] = decision.attempt
+            if delivery.held_at and decision.kind is Kind.DOWN:  # counted once per outage
+                headers[HELD_SINCE] = repr(delivery.held_at)
+            else:
+                headers.pop(HELD_SINCE, None)
             route = topology.retry_route(self.limits.tiers[decision.tier])
             self._republish(channel, topology.EXCHANGE, route, delivery.body, headers)
             return

@@ -41,3 +41,18 @@ def test_question_mark_is_one_byte_like_mc():
     assert not accepts("a1.log", exclude=["a?.log"])
     assert accepts("a.log", exclude=["a?.log"])
     assert not accepts("é.log", exclude=["??.log"])  # two UTF-8 bytes
+
+
+def test_the_listing_asks_for_the_folder_exactly():
+    assert KeyFilter(PAIR, "o/0").listing == "o/0/"
+    assert KeyFilter(PAIR).listing == "" and KeyFilter(PAIR).target_listing == ""
+    pair = BucketPair("src", "dst", "in", "out")
+    assert KeyFilter(pair, "2025/01").listing == "in/2025/01/"
+    assert KeyFilter(pair, "2025/01").target_listing == "out/2025/01/"
+
+
+def test_excluded_means_matched_by_a_pattern_inside_the_folder():
+    keys = KeyFilter(PAIR, "o/0", ("*.tmp",))
+    assert keys.excluded("o/0/a.tmp") and not keys.accepts("o/0/a.tmp")
+    assert not keys.excluded("o/0-big.tmp")  # outside the folder: not "excluded"
+    assert not keys.excluded("o/0/a") and keys.accepts("o/0/a")

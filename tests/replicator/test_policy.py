@@ -2,7 +2,6 @@
 
 import pytest
 
-from replicator import metrics
 from replicator.errors import Kind
 from replicator.policy import Decision, Limits, decide, record
 
@@ -65,18 +64,45 @@ def sample(name: str, **labels: str) -> float:
 
 def test_record_moves_exactly_one_outcome_counter():
     P = "minio_s3_mirror_"
-    before = {
-        "retries": sample(f"{P}retries_total"),
-        "dead": sample(f"{P}dead_lettered_total"),
-        "holds": sample(f"{P}endpoint_holds_total", side="source"),
-        "skipped": sample(f"{P}objects_skipped_total", reason="source_gone"),
+
+    def counters() -> dict[str, float]:
+        return {
+            "retries": sample(f"{P}retries_total"),
+            "dead": sample(f"{P}dead_lettered_total"),
+            "holds": sample(f"{P}endpoint_holds_total", side="source"),
+            "skipped": sample(f"{P}objects_skipped_total", reason="source_gone"),
+            "transient": sample(f"{P}copy_failures_total", kind="transient"),
+            "permanent": sample(f"{P}copy_failures_total", kind="permanent"),
+            "down": sample(f"{P}copy_failures_total", kind="endpoint_down"),
+        }
+
+    def moved(decision) -> dict[str, float]:
+        before = counters()
+        record(decision)
+        return {k: v - before[k] for k, v in counters().items() if v != before[k]}
+
+    assert moved(decide(Kind.TRANSIENT, "target", "x", 0, 0, LIMITS)) == {
+        "retries": 1,
+        "transient": 1,
     }
-    record(decide(Kind.TRANSIENT, "target", "x", 0, 0, LIMITS))
-    record(decide(Kind.PERMANENT, "target", "x", 0, 0, LIMITS))
+    assert moved(decide(Kind.PERMANENT, "target", "x", 0, 0, LIMITS)) == {
+        "dead": 1,
+        "permanent": 1,
+    }
+    assert moved(decide(Kind.MOOT, "source", "source object is gone", 0, 0, LIMITS)) == {
+        "skipped": 1
+    }
+
+
+def test_an_outage_is_no_failed_copy():
+    """Issue 24: a hold counts in endpoint_holds_total only, and a task that waits out the
+    outage in a delay queue is a retry, not a failed copy."""
+    P = "minio_s3_mirror_"
+    down = sample(f"{P}copy_failures_total", kind="endpoint_down")
+    holds = sample(f"{P}endpoint_holds_total", side="source")
+    retries = sample(f"{P}retries_total")
     record(decide(Kind.DOWN, "source", "x", 0, 0, LIMITS))
-    record(decide(Kind.MOOT, "source", "source object is gone", 0, 0, LIMITS))
-    assert sample(f"{P}retries_total") == before["retries"] + 1
-    assert sample(f"{P}dead_lettered_total") == before["dead"] + 1
-    assert sample(f"{P}endpoint_holds_total", side="source") == before["holds"] + 1
-    assert sample(f"{P}objects_skipped_total", reason="source_gone") == before["skipped"] + 1
-    assert metrics.FAILURES  # failures are counted by kind as well
+    record(decide(Kind.DOWN, "source", "x", 0, 10_000, LIMITS))  # past the ceiling
+    assert sample(f"{P}copy_failures_total", kind="endpoint_down") == down
+    assert sample(f"{P}endpoint_holds_total", side="source") == holds + 1
+    assert sample(f"{P}retries_total") == retries + 1

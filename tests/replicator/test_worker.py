@@ -4,6 +4,7 @@ RabbitMQ needed: `handle` is the copy thread's whole job)."""
 from __future__ import annotations
 
 import queue
+import threading
 import time
 
 import pika
@@ -92,17 +93,81 @@ def test_a_consumer_that_hears_nothing_while_tasks_wait_reconnects(worker):
     work._check_stalled(ready=5)  # a delivery just came
 
 
+def test_a_window_held_for_a_down_endpoint_is_not_a_stalled_consumer(worker):
+    """Issue 24: tasks held for a down endpoint take no deliveries; that is not a silent
+    consumer, and neither is the moment after the endpoint is back."""
+    _, work = worker
+    work._outstanding = {}
+    work._delivered = time.monotonic() - worker_module.STALLED_S - 1
+    target = work.endpoints["target"]
+    target._up = False
+    work._check_stalled(ready=5)  # down: held, not stalled
+    target._up, target.came_back = True, time.monotonic()
+    work._check_stalled(ready=5)  # just back: the quiet counts from now
+    target.came_back = time.monotonic() - worker_module.STALLED_S - 1
+    with pytest.raises(pika.exceptions.AMQPError, match="consumer stalled"):
+        work._check_stalled(ready=5)
+
+
+def test_held_tasks_resume_the_moment_their_endpoint_answers_and_it_is_said_once(caplog):
+    """Issue 24: a probe that finds the endpoint back wakes every holder at once (not
+    after its back-off), and the outage is one "unreachable" and one "back" line."""
+    answers = threading.Event()
+    stopping = threading.Event()
+    endpoint = worker_module.Endpoint("target", answers.is_set, stopping)
+    assert not endpoint.up()  # down: a watcher probes it from now on
+    woke = []
+
+    def hold() -> None:
+        endpoint.held()
+        endpoint.hold(60)  # a back-off far longer than the test
+        woke.append(time.monotonic())
+
+    holders = [threading.Thread(target=hold) for _ in range(3)]
+    for thread in holders:
+        thread.start()
+    time.sleep(0.3)  # the outage goes on a little: nobody wakes
+    assert woke == []
+    answers.set()
+    back = time.monotonic()
+    for thread in holders:
+        thread.join(10)
+    stopping.set()
+    assert len(woke) == 3
+    # Woken within a probe interval; 5 s is only a bound for a loaded machine, the
+    # back-off they would otherwise sleep out is 60 s.
+    assert max(woke) - back < 5
+    lines = [r.getMessage() for r in caplog.records if r.name == "replicator.worker"]
+    assert [line.split(":")[0].split(" after")[0] for line in lines] == [
+        "target unreachable",
+        "target is reachable again",
+    ]
+    assert "3 held task(s) resume" in lines[1]
+
+
+def test_stopping_releases_held_tasks():
+    stopping = threading.Event()
+    endpoint = worker_module.Endpoint("source", lambda: False, stopping)
+    assert not endpoint.up()
+    released = threading.Event()
+    thread = threading.Thread(target=lambda: (endpoint.hold(60), released.set()))
+    thread.start()
+    stopping.set()
+    endpoint.wake()
+    assert released.wait(10)
+
+
 class Channel:
-    """Records the acks the connection thread sends (the channel is that thread's alone)."""
+    """Records the acks the connection thread sends (the channel is that thread's alone):
+    `(tag, True)` for a multiple ack up to the tag, `tag` for one delivery."""
 
     is_open = True
 
     def __init__(self) -> None:
-        self.acks: list[int] = []
+        self.acks: list[int | tuple[int, bool]] = []
 
     def basic_ack(self, tag: int, multiple: bool = False) -> None:
-        assert multiple
-        self.acks.append(tag)
+        self.acks.append((tag, True) if multiple else tag)
 
 
 @pytest.fixture
@@ -113,9 +178,9 @@ def acking(worker):
     work.concurrency = 16
     work._channel = channel = Channel()
     work._outstanding = {tag: Delivery(tag, b"", {}) for tag in range(1, 65)}
-    work._finished, work._ack_due = queue.SimpleQueue(), 0.0
+    work._finished, work._ack_due, work._unacked = queue.SimpleQueue(), 0.0, 0
 
-    def finish(*tags: int) -> list[int]:
+    def finish(*tags: int) -> list[int | tuple[int, bool]]:
         for tag in tags:
             delivery = work._outstanding[tag]
             delivery.decision = Decision("ack")
@@ -126,13 +191,33 @@ def acking(worker):
     return work, finish
 
 
+def waited(work) -> None:
+    """As when ACK_WAIT_S has passed since every finished delivery was settled."""
+    for delivery in work._outstanding.values():
+        if delivery.settled_at:
+            delivery.settled_at -= worker_module.ACK_WAIT_S
+    work._ack_due -= worker_module.ACK_WAIT_S
+
+
 def test_finished_deliveries_are_acked_half_a_prefetch_window_at_a_time(acking):
     work, finish = acking
     assert finish(*range(1, 32)) == []  # 31 finished: not yet
-    assert finish(32) == [32]  # half the window: one ack for all 32
-    assert finish(*range(34, 65)) == [32]  # 33 is still copying: nothing after it goes
-    assert finish(33) == [32, 64]
-    assert work._outstanding == {}
+    assert finish(32) == [(32, True)]  # half the window: one ack for all 32
+    assert finish(*range(34, 65)) == [(32, True)]  # just finished, 33 still copying
+    assert finish(33) == [(32, True), (64, True)]  # the run is whole again: one ack
+    assert work._outstanding == {} and work._unacked == 0
+
+
+def test_a_long_copy_at_the_head_holds_one_slot_not_the_window(acking):
+    """Issue 23: deliveries finished behind a copy still under way (a 1 GiB object, a
+    stalled source) are acked on their own once they have waited ACK_WAIT_S, so RabbitMQ
+    keeps the window full for the other threads."""
+    work, finish = acking
+    assert finish(*range(2, 65)) == []  # within ACK_WAIT_S: maybe 1 ends and one ack does
+    waited(work)
+    assert finish() == list(range(2, 65))
+    assert list(work._outstanding) == [1]
+    assert finish(1) == [*range(2, 65), (1, True)]
 
 
 def test_a_finished_delivery_waits_for_its_ack_at_most_ack_wait_s(acking):
@@ -141,8 +226,8 @@ def test_a_finished_delivery_waits_for_its_ack_at_most_ack_wait_s(acking):
     assert finish(1, 2, 3) == []
     wait = worker_module.ACK_WAIT_S
     assert before + wait <= work._ack_due <= time.monotonic() + wait
-    work._ack_due = time.monotonic()  # as when ACK_WAIT_S has passed
-    assert finish() == [3]  # the main loop settles after each (shortened) wait
+    waited(work)
+    assert finish() == [(3, True)]  # the main loop settles after each (shortened) wait
     assert work._ack_due == 0.0
 
 
@@ -150,7 +235,20 @@ def test_a_worker_with_nothing_else_in_flight_acks_at_once(acking):
     """A trickle of events: each copy is acked as soon as it is done."""
     work, finish = acking
     work._outstanding = {7: Delivery(7, b"", {})}
-    assert finish(7) == [7]
+    assert finish(7) == [(7, True)]
     work._outstanding = {8: Delivery(8, b"", {}), 9: Delivery(9, b"", {})}
-    assert finish(9) == [7]  # 8 still copying
-    assert finish(8) == [7, 9]
+    assert finish(9) == [(7, True)]  # 8 still copying
+    assert finish(8) == [(7, True), (9, True)]
+
+
+def test_a_rejected_delivery_is_not_acked(acking):
+    """A copy thread that finds the worker stopping puts its delivery back (reject,
+    requeue); the finished ones around it are acked, it is not."""
+    work, finish = acking
+    work._outstanding = {tag: Delivery(tag, b"", {}) for tag in (1, 2, 3)}
+    rejected = []
+    work._channel.basic_reject = lambda tag, requeue: rejected.append((tag, requeue))
+    work._outstanding[2].decision = Decision("requeue", "worker stopping")
+    work._finished.put(work._outstanding[2])
+    assert finish(1, 3) == [(3, True)] and rejected == [(2, True)]
+    assert work._outstanding == {} and work._unacked == 0
