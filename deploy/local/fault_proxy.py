@@ -15,6 +15,36 @@ fault:
 - ``slowdown``: 503 with S3's ``<Error><Code>SlowDown</Code>...`` XML
 - ``stall``:    held (no answer) until the proxy stops or ``STALL_S`` pass, then forwarded
 
+Hostile answers (for a proxy in front of the *source*): the request is forwarded, the
+upstream's answer read whole, and then written back broken on the raw socket. They apply
+to 2xx answers only (an error answer is relayed faithfully), and each says what it does to
+GET; a HEAD gets the same header block without a body:
+
+- ``short``:       the real header block (its Content-Length) with the first half of the
+                   body, then a clean close (FIN). HEAD: relayed unchanged.
+- ``no_length``:   an ``HTTP/1.0`` status line, no Content-Length, ``Connection: close``,
+                   the first half of the body, a clean close (a close-delimited body cut
+                   short). HEAD: the header block without Content-Length, then a close.
+- ``bad_chunks``:  ``Transfer-Encoding: chunked`` instead of Content-Length, the first half
+                   of the body as one well-formed chunk, then a clean close with no
+                   last-chunk. HEAD: chunked, no Content-Length (kept alive).
+- ``two_lengths``: two Content-Length headers, the real one then one 10 bytes smaller
+                   (``CONFLICTING_SHORTFALL``), the whole body, then a clean close.
+- ``extra_bytes``: the real answer exactly, followed on the kept-alive connection by a
+                   forged, self-consistent second answer (200, ``FORGED_BODY`` with its MD5
+                   as ETag, forged ``x-amz-meta-mirror-source-*`` and ``FORGED_META``
+                   metadata) that the client never asked for.
+- ``flip_bit``:    the real answer with one bit of the body flipped (``FLIPPED_BIT`` of the
+                   byte at len // 2): same length, same headers, ETag included.
+- ``drip``:        the real answer, its header block dripped one byte every ``drip_s``
+                   seconds (1 s: each read gets a byte long before a 3 s read timeout, the
+                   block as a whole would take minutes), then the body at once.
+- ``endless_1xx``: ``HTTP/1.1 100 Continue`` interim answers, one every ``drip_s`` seconds,
+                   forever (no final answer; the request is not forwarded).
+
+``drip`` and ``endless_1xx`` end when the client hangs up (or the proxy stops); how long
+each was held before the client gave up is recorded (``held``).
+
 Every request is counted by (key, method). Request bodies are read whole before
 forwarding (test objects are small), so a stale upstream connection can be retried.
 If the upstream cannot be reached at all, the client's connection is reset too, as if
@@ -23,20 +53,40 @@ the endpoint were down.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import logging
+import select
 import socket
 import struct
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("bare500", "reset", "slowdown", "stall")
+HOSTILE = (
+    "short",
+    "no_length",
+    "bad_chunks",
+    "two_lengths",
+    "extra_bytes",
+    "flip_bit",
+    "drip",
+    "endless_1xx",
+)
+ACTIONS = ("bare500", "reset", "slowdown", "stall", *HOSTILE)
 STALL_S = 120
+DRIP_S = 1.0  # seconds between dripped bytes / interim answers (FaultProxy.drip_s)
+CONFLICTING_SHORTFALL = 10  # two_lengths: the second Content-Length is this much smaller
+FLIPPED_BIT = 0x01
+FORGED_BODY = b"FORGED by the hostile source: never asked for, never to be copied\n"
+FORGED_META = {"forged": "yes"}  # user metadata of the forged answer (beside mirror-source-*)
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 BARE_500 = (
     b"<html><head><title>500 Internal Server Error</title></head>\r\n"
     b"<body><center><h1>500 Internal Server Error</h1></center></body></html>\r\n"
@@ -89,6 +139,8 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.requests: Counter[tuple[str, str]] = Counter()  # (key, method) -> count
         self.faults: Counter[tuple[str, str, str]] = Counter()  # (key, method, action)
+        self.held: dict[str, list[float]] = {}  # key -> seconds each drip/1xx answer lasted
+        self.drip_s = DRIP_S
         self.released = threading.Event()  # set on stop: stalled requests go on
         self.server = _Server(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(
@@ -136,6 +188,7 @@ class FaultProxy:
             self.rules.clear()
             self.requests.clear()
             self.faults.clear()
+            self.held.clear()
 
     def count(self, key: str, method: str | None = None) -> int:
         """Requests seen for exactly this key (any method, or one)."""
@@ -147,6 +200,16 @@ class FaultProxy:
             return sum(
                 n for (k, _, a), n in self.faults.items() if k == key and action in (None, a)
             )
+
+    def hold_times(self, key: str) -> list[float]:
+        """Seconds each ``drip``/``endless_1xx`` answer for this key lasted before the
+        client hung up (or the proxy stopped), in the order they ended."""
+        with self.lock:
+            return list(self.held.get(key, ()))
+
+    def _held(self, key: str, seconds: float) -> None:
+        with self.lock:
+            self.held.setdefault(key, []).append(seconds)
 
     def _decide(self, key: str, method: str, query: str = "") -> str | None:
         with self.lock:
@@ -190,6 +253,8 @@ class FaultProxy:
                     return self._answer(503, "application/xml", xml if method != "HEAD" else b"")
                 if action == "stall":
                     proxy.released.wait(STALL_S)
+                if action in HOSTILE:
+                    return self._hostile(action, method, body, key)
                 self._forward(method, body)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_OPTIONS = do_PATCH = do_request
@@ -250,18 +315,26 @@ class FaultProxy:
                 conn.endheaders(body or None)
                 return conn.getresponse()
 
-            def _forward(self, method: str, body: bytes) -> None:
+            def _upstream_answer(self, method: str, body: bytes) -> http.client.HTTPResponse | None:
+                """The upstream's answer (headers read); None after resetting the client
+                when the upstream cannot be reached."""
                 try:
                     try:
-                        response = self._send_upstream(method, body)
+                        return self._send_upstream(method, body)
                     except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                         # A kept-alive upstream connection closed while idle: once more.
                         self._close_upstream()
-                        response = self._send_upstream(method, body)
+                        return self._send_upstream(method, body)
                 except OSError as exc:
                     log.info("fault proxy: upstream %s:%s unreachable: %s", *proxy.upstream, exc)
                     self._close_upstream()
-                    return self._reset()
+                    self._reset()
+                    return None
+
+            def _forward(self, method: str, body: bytes) -> None:
+                response = self._upstream_answer(method, body)
+                if response is None:
+                    return
                 chunked = False
                 self.send_response_only(response.status, response.reason)
                 for name, value in response.getheaders():
@@ -280,6 +353,111 @@ class FaultProxy:
                     self._close_upstream()
                     self.close_connection = True
 
+            # ---- hostile answers (see the module's docstring) ----------------------------
+
+            def _hostile(self, action: str, method: str, body: bytes, key: str) -> None:
+                if action == "endless_1xx":
+                    return self._endless_1xx(key)
+                response = self._upstream_answer(method, body)
+                if response is None:
+                    return
+                data = response.read()
+                if response.will_close:
+                    self._close_upstream()
+                status, reason = response.status, response.reason
+                headers = [(n, v) for n, v in response.getheaders() if n.lower() not in HOP_BY_HOP]
+                head = method == "HEAD"
+                if not 200 <= status < 300:  # errors go back faithfully, framed anew
+                    if not any(n.lower() == "content-length" for n, _ in headers):
+                        headers.append(("Content-Length", str(len(data))))
+                    return self._raw(_head(status, reason, headers) + data)
+                length = [(n, v) for n, v in headers if n.lower() == "content-length"]
+                others = [(n, v) for n, v in headers if n.lower() != "content-length"]
+                half = data[: len(data) // 2]
+                if action == "short":
+                    if head:
+                        return self._raw(_head(status, reason, headers))
+                    return self._raw(_head(status, reason, headers) + half, close=True)
+                if action == "no_length":
+                    block = _head(status, reason, [*others, ("Connection", "close")], "HTTP/1.0")
+                    return self._raw(block + (b"" if head else half), close=True)
+                if action == "bad_chunks":
+                    block = _head(status, reason, [*others, ("Transfer-Encoding", "chunked")])
+                    if head:
+                        return self._raw(block)
+                    return self._raw(block + b"%x\r\n%s\r\n" % (len(half), half), close=True)
+                if action == "two_lengths":
+                    real = int(length[0][1]) if length else len(data)
+                    shorter = max(real - CONFLICTING_SHORTFALL, 0)
+                    block = _head(
+                        status,
+                        reason,
+                        [*others, ("Content-Length", str(real)), ("Content-Length", str(shorter))],
+                    )
+                    return self._raw(block + (b"" if head else data), close=True)
+                if action == "extra_bytes":
+                    answer = _head(status, reason, headers) + (b"" if head else data)
+                    return self._raw(answer + _forged(headers))
+                if action == "flip_bit":
+                    if head or not data:
+                        return self._raw(_head(status, reason, headers))
+                    flipped = bytearray(data)
+                    flipped[len(data) // 2] ^= FLIPPED_BIT
+                    return self._raw(_head(status, reason, headers) + bytes(flipped))
+                if action == "drip":
+                    return self._drip(key, _head(status, reason, headers), b"" if head else data)
+                raise AssertionError(action)
+
+            def _raw(self, data: bytes, *, close: bool = False) -> None:
+                """Bytes as they are on the client's socket; `close`: then a clean close."""
+                try:
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                except OSError:
+                    close = True
+                if close:
+                    self.close_connection = True
+
+            def _client_gone(self) -> bool:
+                """Whether the client closed its side (EOF or reset; it sends nothing
+                while it waits for an answer)."""
+                try:
+                    readable, _, _ = select.select([self.connection], [], [], 0)
+                    return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    return True
+
+            def _trickle(self, key: str, pieces: Iterable[bytes]) -> bool:
+                """Each piece, one every `drip_s`, until the client goes away (False) or
+                the proxy stops; records how long it lasted."""
+                started = time.monotonic()
+                try:
+                    for piece in pieces:
+                        if self._client_gone():
+                            return False
+                        self.wfile.write(piece)
+                        if proxy.released.wait(proxy.drip_s):
+                            return False
+                    return True
+                except OSError:
+                    return False
+                finally:
+                    proxy._held(key, time.monotonic() - started)
+
+            def _drip(self, key: str, block: bytes, body: bytes) -> None:
+                self.close_connection = True
+                if self._trickle(key, [block[i : i + 1] for i in range(len(block))]):
+                    self._raw(body, close=True)
+
+            def _endless_1xx(self, key: str) -> None:
+                self.close_connection = True
+
+                def forever() -> Iterator[bytes]:
+                    while True:
+                        yield CONTINUE
+
+                self._trickle(key, forever())
+
             def _close_upstream(self) -> None:
                 if self.upstream is not None:
                     self.upstream.close()
@@ -295,6 +473,30 @@ class FaultProxy:
                 pass
 
         return Handler
+
+
+def _head(
+    status: int, reason: str, headers: list[tuple[str, str]], version: str = "HTTP/1.1"
+) -> bytes:
+    """A raw header block: status line, the headers in this order, the empty line."""
+    lines = [f"{version} {status} {reason}", *(f"{n}: {v}" for n, v in headers), "", ""]
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def _forged(real: list[tuple[str, str]]) -> bytes:
+    """A complete, self-consistent 200 answer nobody asked for (its ETag is its MD5)."""
+    md5 = hashlib.md5(FORGED_BODY).hexdigest()
+    kept = {"last-modified", "date", "server", "accept-ranges"}
+    headers = [(n, v) for n, v in real if n.lower() in kept]
+    headers += [
+        ("Content-Type", "application/octet-stream"),
+        ("Content-Length", str(len(FORGED_BODY))),
+        ("ETag", f'"{md5}"'),
+        ("x-amz-meta-mirror-source-etag", md5),
+        ("x-amz-meta-mirror-source-mtime", "forged"),
+        *((f"x-amz-meta-{k}", v) for k, v in FORGED_META.items()),
+    ]
+    return _head(200, "OK", headers) + FORGED_BODY
 
 
 def _xml(text: str) -> str:
