@@ -183,6 +183,7 @@ class Settings:
     webhook_read_timeout: int = 30  # s; above MinIO's 15 s idle-connection timeout
     webhook_max_connections: int = 128
     metrics_address: tuple[str, int] = ("0.0.0.0", 9100)
+    pushgateway_url: str | None = None  # MIRROR_PUSHGATEWAY_URL: reconcile pushes its result
     digest_interval: int = 300
     reconcile_timeout_s: int = RECONCILE_TIMEOUT_S
     retry_delays: tuple[int, ...] = RETRY_DELAYS_S
@@ -539,6 +540,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
             "WEBHOOK_MAX_CONNECTIONS", parse_int_range(1, 10_000, 128), 128
         ),
         metrics_address=env.get("METRICS_ADDRESS", parse_address, ("0.0.0.0", 9100)),
+        pushgateway_url=env.get("MIRROR_PUSHGATEWAY_URL", parse_url_with_path, None),
         digest_interval=env.get(
             "MIRROR_DIGEST_INTERVAL", parse_int_range(1, MAX_INTERVAL_S, 900), 300
         ),
@@ -598,3 +600,529 @@ def rabbitmq_password(url: str) -> str | None:
 def rabbitmq_passwords(url: str) -> list[str | None]:
     """The password of every URL in RABBITMQ_URL (several nodes separated by commas)."""
     return [urlsplit(one.strip()).password for one in url.split(",")]
+
+
+# --- The variables, declared once: docs/configuration.md is generated from this table
+# (`python -m replicator.configdoc`), and tests/docs/test_configuration.py fails when the
+# page, this table or the variables the code reads disagree.
+
+ALL_COMMANDS = ("reconcile", "listen", "work", "backfill", "dlq", "check", "status")
+_S3 = ("reconcile", "work", "backfill", "check", "status")  # commands that talk to S3
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable as the documentation gives it."""
+
+    name: str
+    default: str  # as a user reads it: "required", "off", "`3`", ...
+    form: str  # accepted values and range
+    commands: tuple[str, ...]  # the commands it changes
+    meaning: str  # one line
+    section: str
+    secret: bool = False
+    seed: bool = False  # documented by the original tool: same name, meaning, default
+    standard: bool = False  # a standard name, also read by libraries (botocore, urllib3, Go)
+
+
+def _v(name, default, form, commands, meaning, section, **flags) -> Variable:
+    return Variable(name, default, form, tuple(commands), meaning, section, **flags)
+
+
+_SRC, _DST, _PAIRS, _REC = "Source (MinIO)", "Target (S3)", "Pairs and filters", "Reconcile"
+_EVT, _MQ, _OBS, _DEL, _NET = (
+    "Event-driven (listen, work)",
+    "RabbitMQ",
+    "Logs, Slack and metrics",
+    "Deletes (opt-in)",
+    "TLS and network",
+)
+_AWS = "AWS credential chain (standard names)"
+SECTION_ORDER = (_SRC, _DST, _PAIRS, _REC, _EVT, _MQ, _DEL, _OBS, _NET, _AWS)
+
+VARIABLES: tuple[Variable, ...] = (
+    _v(
+        "SERVICE",
+        "`minio-s3-mirror`",
+        "text",
+        ALL_COMMANDS,
+        "name shown in logs and Slack",
+        _OBS,
+        seed=True,
+    ),
+    _v(
+        "MINIO_URL",
+        "required",
+        "URL with scheme, no path (`http://minio:9000`)",
+        ALL_COMMANDS,
+        "source MinIO endpoint",
+        _SRC,
+        seed=True,
+    ),
+    _v(
+        "MINIO_ACCESS_KEY",
+        "required",
+        "printable ASCII",
+        ALL_COMMANDS,
+        "source access key",
+        _SRC,
+        seed=True,
+    ),
+    _v(
+        "MINIO_SECRET_KEY",
+        "required",
+        "text",
+        ALL_COMMANDS,
+        "source secret key",
+        _SRC,
+        secret=True,
+        seed=True,
+    ),
+    _v(
+        "MINIO_REGION",
+        "`us-east-1`",
+        "region name",
+        _S3,
+        "region the source signs requests for",
+        _SRC,
+    ),
+    _v(
+        "AWS_URL",
+        "required",
+        "URL with scheme, no path (`https://s3.ap-northeast-2.amazonaws.com`)",
+        _S3,
+        "target S3 endpoint",
+        _DST,
+        seed=True,
+    ),
+    _v(
+        "AWS_ACCESS_KEY",
+        "the AWS credential chain",
+        "printable ASCII; set with `AWS_SECRET_KEY` or neither",
+        _S3,
+        "target access key",
+        _DST,
+        seed=True,
+    ),
+    _v(
+        "AWS_SECRET_KEY",
+        "the AWS credential chain",
+        "text; set with `AWS_ACCESS_KEY` or neither",
+        _S3,
+        "target secret key",
+        _DST,
+        secret=True,
+        seed=True,
+    ),
+    _v(
+        "AWS_SESSION_TOKEN",
+        "none",
+        "printable ASCII",
+        _S3,
+        "session token of temporary target keys",
+        _DST,
+        secret=True,
+        standard=True,
+    ),
+    _v(
+        "AWS_REGION",
+        "from an AWS `AWS_URL`, else `us-east-1`",
+        "region name (`ap-northeast-2`)",
+        _S3,
+        "region the target signs requests for",
+        _DST,
+        standard=True,
+    ),
+    _v(
+        "AWS_STORAGE_CLASS",
+        "the bucket's default",
+        "`STANDARD`, `REDUCED_REDUNDANCY`, `STANDARD_IA`, `ONEZONE_IA`, "
+        "`INTELLIGENT_TIERING`, `GLACIER`, `GLACIER_IR`, `DEEP_ARCHIVE`, `EXPRESS_ONEZONE`",
+        ("reconcile", "work", "backfill", "check"),
+        "storage class of every target write",
+        _DST,
+    ),
+    _v(
+        "AWS_SSE",
+        "none (the bucket's default)",
+        "`AES256` or `aws:kms`",
+        ("reconcile", "work", "backfill", "check"),
+        "server-side encryption of every target write",
+        _DST,
+    ),
+    _v(
+        "AWS_SSE_KMS_KEY_ID",
+        "the account's `aws/s3` key",
+        "KMS key id (only with `AWS_SSE=aws:kms`)",
+        ("reconcile", "work", "backfill", "check"),
+        "KMS key for `AWS_SSE=aws:kms`",
+        _DST,
+    ),
+    _v(
+        "BUCKET_PAIR",
+        "one of the two",
+        "`minio/<bucket>[/path]:aws/<bucket>[/path]`",
+        ALL_COMMANDS,
+        "one pair",
+        _PAIRS,
+        seed=True,
+    ),
+    _v(
+        "BUCKET_PAIRS",
+        "one of the two",
+        "pairs separated by `;`",
+        ALL_COMMANDS,
+        "several pairs (with `BUCKET_PAIR`, both are mirrored)",
+        _PAIRS,
+        seed=True,
+    ),
+    _v(
+        "MIRROR_PREFIX",
+        "none",
+        "key prefix without a leading `/` (`2025/01/22`)",
+        ("reconcile", "listen", "work", "backfill"),
+        "only this folder in every pair (cost scoping)",
+        _PAIRS,
+        seed=True,
+    ),
+    _v(
+        "MIRROR_EXCLUDE",
+        "none",
+        "comma-separated globs, mc `--exclude` semantics (`*.tmp,*.log`)",
+        ("reconcile", "listen", "work", "backfill"),
+        "keys to skip",
+        _PAIRS,
+        seed=True,
+    ),
+    _v(
+        "MIRROR_MAX_WORKERS",
+        "`auto` (reconcile: mc decides; work: 16 threads)",
+        "`auto` or 1 to 256",
+        ("reconcile", "work", "backfill"),
+        "parallel transfers",
+        _REC,
+        seed=True,
+    ),
+    _v(
+        "MIRROR_DRY_RUN",
+        "`false`",
+        "boolean",
+        ("reconcile",),
+        "list what would be copied, copy nothing",
+        _REC,
+        seed=True,
+    ),
+    _v(
+        "MIRROR_SKIP_ERRORS",
+        "`true`",
+        "boolean",
+        ("reconcile",),
+        "continue past per-object errors",
+        _REC,
+        seed=True,
+    ),
+    _v(
+        "MIRROR_DEBUG",
+        "`false`",
+        "boolean",
+        ALL_COMMANDS,
+        "verbose logs (mc's trace included, secrets never)",
+        _OBS,
+        seed=True,
+    ),
+    _v(
+        "MIRROR_OVERWRITE",
+        "`true`",
+        "boolean",
+        ("reconcile", "work", "backfill"),
+        "replace target objects whose source changed",
+        _REC,
+    ),
+    _v("MIRROR_MAX_PAIRS", "`3`", "1 to 64", ("reconcile",), "pairs reconciled at once", _REC),
+    _v(
+        "MIRROR_RECONCILE_TIMEOUT",
+        "`6h`",
+        "duration `1s` to `7d` (`90`, `45m`, `1h30m`)",
+        ("reconcile",),
+        "longest a reconcile run may take",
+        _REC,
+    ),
+    _v(
+        "TMPDIR",
+        "`/tmp`",
+        "writable directory",
+        ("reconcile",),
+        "where reconcile's private temporary directory (mc's config, the size ledger) goes",
+        _REC,
+        standard=True,
+    ),
+    _v("MC_BINARY", "`mc` on `PATH`", "path", ("reconcile", "check"), "the `mc` executable", _REC),
+    _v(
+        "MIRROR_COPY_TAGS",
+        "`true`",
+        "boolean",
+        ("reconcile", "work", "backfill"),
+        "copy the source object's tags",
+        _DST,
+    ),
+    _v(
+        "LISTENER_MODE",
+        "`stream`",
+        "`stream` or `webhook`",
+        ("listen",),
+        "ingest mode (`listen --mode` overrides)",
+        _EVT,
+    ),
+    _v(
+        "WEBHOOK_AUTH_TOKEN",
+        "none (required in webhook mode)",
+        "printable ASCII without spaces",
+        ("listen",),
+        "bearer token MinIO's webhook target sends",
+        _EVT,
+        secret=True,
+    ),
+    _v(
+        "WEBHOOK_ADDRESS",
+        "`0.0.0.0:8080`",
+        "host:port",
+        ("listen",),
+        "where the webhook listener listens",
+        _EVT,
+    ),
+    _v(
+        "WEBHOOK_READ_TIMEOUT",
+        "`30`",
+        "1 to 3600 seconds",
+        ("listen",),
+        "a silent webhook connection is closed after this",
+        _EVT,
+    ),
+    _v(
+        "WEBHOOK_MAX_CONNECTIONS",
+        "`128`",
+        "1 to 10000",
+        ("listen",),
+        "webhook connections served at once (beyond: `503`)",
+        _EVT,
+    ),
+    _v(
+        "MIRROR_RETRY_DELAYS",
+        "`5,30,2m,10m`",
+        "1 to 10 increasing durations, each `1s` to `1d`",
+        ("work", "status"),
+        "delayed-retry tiers",
+        _EVT,
+    ),
+    _v(
+        "MIRROR_HOLD_MAX",
+        "`5m`",
+        "duration `1s` to `1d`",
+        ("work",),
+        "longest a task waits in its thread for a down endpoint",
+        _EVT,
+    ),
+    _v(
+        "RABBITMQ_URL",
+        "`amqp://guest:guest@localhost:5672/%2F`",
+        "AMQP URL, or several nodes' URLs separated by commas",
+        ("listen", "work", "backfill", "dlq", "check", "status", "reconcile"),
+        "RabbitMQ (reconcile records its result there when set)",
+        _MQ,
+        secret=True,
+    ),
+    _v("MIRROR_LOG_FORMAT", "`text`", "`text` or `json`", ALL_COMMANDS, "log line format", _OBS),
+    _v(
+        "SLACK_BOT_TOKEN",
+        "off",
+        "printable ASCII (`xoxb-...`)",
+        ("reconcile", "work", "check"),
+        "Slack bot token (`chat:write`)",
+        _OBS,
+        secret=True,
+        seed=True,
+    ),
+    _v(
+        "SLACK_CHANNEL_ID",
+        "off",
+        "channel id (`C0123456`)",
+        ("reconcile", "work", "check"),
+        "Slack channel",
+        _OBS,
+        seed=True,
+    ),
+    _v(
+        "SLACK_API_URL",
+        "Slack's",
+        "URL",
+        ("reconcile", "work", "check"),
+        "Slack Web API base URL (tests point it at a fake)",
+        _OBS,
+    ),
+    _v(
+        "MIRROR_DIGEST_INTERVAL",
+        "`300`",
+        "1 to 86400 seconds",
+        ("work",),
+        "seconds between Slack digests of dead letters",
+        _OBS,
+    ),
+    _v(
+        "METRICS_ADDRESS",
+        "`0.0.0.0:9100`",
+        "host:port",
+        ("listen", "work"),
+        "where `/metrics`, `/healthz`, `/readyz` are served",
+        _OBS,
+    ),
+    _v(
+        "MIRROR_PUSHGATEWAY_URL",
+        "none",
+        "URL",
+        ("reconcile",),
+        "Prometheus Pushgateway that reconcile pushes its result to",
+        _OBS,
+    ),
+    _v(
+        "MIRROR_DELETE",
+        "`false`",
+        "boolean",
+        ("reconcile", "work", "check"),
+        "delete target copies of objects the source lost",
+        _DEL,
+    ),
+    _v(
+        "MIRROR_MAX_DELETE",
+        "`1000`",
+        "0 to 10000000",
+        ("reconcile", "backfill", "check"),
+        "brake: a batch delete planning more is refused",
+        _DEL,
+    ),
+    _v(
+        "MIRROR_MAX_DELETE_PERCENT",
+        "`10`",
+        "0 to 100",
+        ("reconcile", "backfill", "check"),
+        "brake: percentage of the target objects in scope",
+        _DEL,
+    ),
+    _v(
+        "MIRROR_READ_TIMEOUT",
+        "`60`",
+        "duration `1s` to `1h`",
+        _S3,
+        "longest wait for the next bytes of an S3 answer",
+        _NET,
+    ),
+    _v(
+        "MIRROR_TLS_VERIFY",
+        "`true`",
+        "boolean",
+        _S3,
+        "verify TLS certificates of both endpoints",
+        _NET,
+    ),
+    _v(
+        "MIRROR_CA_BUNDLE",
+        "none",
+        "PEM file",
+        _S3,
+        "extra CA certificates for both endpoints (added to the system's)",
+        _NET,
+    ),
+    _v("MINIO_CA_BUNDLE", "none", "PEM file", _S3, "extra CA certificates for the source", _NET),
+    _v(
+        "AWS_CA_BUNDLE",
+        "none",
+        "PEM file",
+        _S3,
+        "extra CA certificates for the target",
+        _NET,
+        standard=True,
+    ),
+    _v("HTTPS_PROXY", "none", "proxy URL", _S3, "proxy for HTTPS endpoints", _NET, standard=True),
+    _v("HTTP_PROXY", "none", "proxy URL", _S3, "proxy for HTTP endpoints", _NET, standard=True),
+    _v(
+        "NO_PROXY",
+        "none",
+        "comma-separated hosts",
+        _S3,
+        "hosts reached without the proxy",
+        _NET,
+        standard=True,
+    ),
+    _v(
+        "SSL_CERT_FILE",
+        "the system's",
+        "PEM file",
+        _S3,
+        "the trusted roots (replaces the system's)",
+        _NET,
+        standard=True,
+    ),
+    _v(
+        "AWS_ACCESS_KEY_ID",
+        "none",
+        "access key",
+        _S3,
+        "chain: static keys when `AWS_ACCESS_KEY` is unset",
+        _AWS,
+        standard=True,
+    ),
+    _v(
+        "AWS_SECRET_ACCESS_KEY",
+        "none",
+        "text",
+        _S3,
+        "chain: their secret",
+        _AWS,
+        secret=True,
+        standard=True,
+    ),
+    _v(
+        "AWS_PROFILE",
+        "none",
+        "profile name",
+        _S3,
+        "chain: a profile of `~/.aws`",
+        _AWS,
+        standard=True,
+    ),
+    _v(
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "none (IRSA sets it)",
+        "path",
+        _S3,
+        "chain: web identity token (IRSA)",
+        _AWS,
+        standard=True,
+    ),
+    _v(
+        "AWS_ROLE_ARN",
+        "none (IRSA sets it)",
+        "role ARN",
+        _S3,
+        "chain: role assumed with the web identity",
+        _AWS,
+        standard=True,
+    ),
+    _v(
+        "AWS_ROLE_SESSION_NAME",
+        "generated",
+        "text",
+        _S3,
+        "chain: session name of the assumed role",
+        _AWS,
+        standard=True,
+    ),
+    _v(
+        "AWS_ENDPOINT_URL_STS",
+        "the region's STS",
+        "URL",
+        ("reconcile",),
+        "STS endpoint mc asks under IRSA",
+        _AWS,
+        standard=True,
+    ),
+)
