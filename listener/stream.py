@@ -6,6 +6,7 @@ nightly reconcile catches them). Keys arrive as they are (not URL-encoded).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -17,30 +18,32 @@ from replicator import health
 from replicator.broker import PublishFailed
 from replicator.config import Settings
 from replicator.events import tasks_from_records
+from replicator.s3.operations import network
+from replicator.s3.transport import Transport
 from replicator.task import MalformedTask
 
 from .publish import TaskSink
 
 log = logging.getLogger(__name__)
+SILENT_S = 15  # no byte for this long: the stream is dead, reconnect
 
 
 def minio_client(settings: Settings) -> Minio:
-    import urllib3
-
+    """minio-py on the source's S3 transport (proxy, trust, timeouts as every copy has),
+    with a read timeout short enough to notice a dead connection: MinIO writes a
+    keep-alive every 0.5 s, so silence for SILENT_S means the flow is gone."""
     endpoint = settings.source
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5, read=None),
-        cert_reqs="CERT_REQUIRED" if settings.tls_verify else "CERT_NONE",
-        ca_certs=settings.ca_bundle,
-        retries=False,
+    found = network(settings, endpoint, "source")
+    transport = Transport(
+        endpoint.url, dataclasses.replace(found, read_timeout=min(found.read_timeout, SILENT_S))
     )
     return Minio(
         endpoint.netloc,
         access_key=endpoint.access_key,
         secret_key=endpoint.secret_key,
         secure=endpoint.secure,
-        region=settings.aws_region,
-        http_client=http,
+        region=settings.minio_region,
+        http_client=transport.http,
     )
 
 

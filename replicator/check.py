@@ -204,13 +204,9 @@ def default_retention(s3: S3, bucket: str) -> tuple[str, str]:
     """The bucket's Object Lock default retention ("GOVERNANCE 1 days") or "", and why
     the configuration could not be read ("" when read, or when the bucket has none)."""
     try:
-        got = s3.boto.get_object_lock_configuration(Bucket=bucket)
-    except Exception as exc:
-        error = s3.boto_error(exc)
-        if error.code == "ObjectLockConfigurationNotFoundError":
-            return "", ""
-        return "", error.reason[:120]
-    rule = got.get("ObjectLockConfiguration", {}).get("Rule", {}).get("DefaultRetention") or {}
+        rule = s3.object_lock(bucket)
+    except CopyError as exc:
+        return "", exc.reason[:120]
     if not rule:
         return "", ""
     span = f"{rule['Days']} days" if rule.get("Days") else f"{rule.get('Years', '?')} years"
@@ -262,9 +258,8 @@ def delete_checks(settings: Settings, read_only: bool) -> list[Check]:
         name = f".minio-s3-mirror-delete-probe-{uuid.uuid4()}"
         key = f"{scope}/{name}" if scope else name
         try:
-            s3.boto.delete_object(Bucket=bucket, Key=key)
-        except Exception as failure:
-            exc = s3.boto_error(failure)
+            s3.delete(bucket, key)
+        except CopyError as exc:
             checks.append(
                 Check(
                     f"deletes {where}",

@@ -12,12 +12,13 @@ one a target HEAD and a source HEAD. It talks to the S3 layer only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,6 +124,55 @@ class Budget:
             with self.changed:
                 self.used -= size
                 self.changed.notify_all()
+
+
+class Reading:
+    """The source's bytes of one multipart copy, read part after part in order so that
+    their MD5 can be compared with the source's (its ETag, where it is one): the target
+    checks each part's CRC32, which covers the way from here only. Parts still upload in
+    parallel; a part waits for its turn before it takes a buffer, so the turns never wait
+    on the budget held by a later part. A retried part reads again without re-hashing
+    (reads are pinned by the ETag)."""
+
+    def __init__(self, source: Head) -> None:
+        self.source = source
+        self.md5 = hashlib.md5(usedforsecurity=False) if source.md5 else None
+        self.next = 1  # the part whose bytes are hashed next
+        self.given_up = False
+        self.changed = threading.Condition()
+
+    @contextmanager
+    def turn(self, number: int) -> Iterator[Callable[[bytes], None]]:
+        with self.changed:
+            self.changed.wait_for(lambda: self.next >= number or self.given_up)
+            if self.given_up:
+                raise CopyError(Kind.TRANSIENT, "another part of this copy failed", "source")
+            first = self.next == number
+        digest = self.md5.update if first and self.md5 else _ignore
+        yield digest
+        if first:
+            with self.changed:
+                self.next = number + 1
+                self.changed.notify_all()
+
+    def abandon(self) -> None:
+        with self.changed:
+            self.given_up = True
+            self.changed.notify_all()
+
+    def check(self) -> None:
+        """Raise when the bytes read are not the source's (their MD5 is not its ETag)."""
+        if self.md5 is not None and self.md5.hexdigest() != self.source.etag:
+            raise CopyError(
+                Kind.TRANSIENT,
+                "source bytes read do not match the source's MD5 (its ETag): not completed",
+                "source",
+                "BadDigest",
+            )
+
+
+def _ignore(_: bytes) -> None:
+    pass
 
 
 def fingerprint(head: Head) -> str:
@@ -244,8 +294,8 @@ class Copier:
                 # content the target held, which another task then found "current".
                 if target is not None and self._head_source(task).etag != source.etag:
                     continue
-                # Verified: every write carried a SHA-256 of the bytes read, which the
-                # target checked before it answered.
+                # Verified: the target checked every write's checksum, and the source's
+                # MD5 (Content-MD5, or the parts' MD5 compared here) where it has one.
                 return Outcome(True, "copied", source.size)
         raise CopyError(Kind.TRANSIENT, "source or target kept changing while copying", "source")
 
@@ -274,25 +324,10 @@ class Copier:
             if body is None:
                 body = self._read(task, source, 0, source.size - 1) if source.size else b""
             return self.target.put(bucket, key, body, source, metadata, when, tags)
-        args = {"Bucket": bucket, "Key": key}
-        created = self.target.multipart(
-            "create_multipart_upload",
-            **args,
-            **self.target.write_args(source, metadata, tags),
-            ChecksumAlgorithm=PART_CHECKSUM,
-        )
-        upload = created["UploadId"]
+        upload = self.target.create_upload(bucket, key, source, metadata, tags, PART_CHECKSUM)
         try:
             parts = self._upload_parts(task, source, bucket, key, upload)
-            condition = {"IfNoneMatch": "*"} if when == "absent" else {"IfMatch": when}
-            done = self.target.multipart(
-                "complete_multipart_upload",
-                **args,
-                UploadId=upload,
-                MultipartUpload={"Parts": parts},
-                **condition,
-            )
-            return done["ETag"].strip('"')
+            return self.target.complete(bucket, key, upload, parts, when)
         except BaseException:
             self.target.abort(bucket, key, upload)
             raise
@@ -320,24 +355,18 @@ class Copier:
             reraise=True,
         )
 
+        read = Reading(source)
+
         def one(number: int, start: int, end: int) -> dict[str, object]:
             if end - start + 1 > self.buffers.total:  # too large to hold: stream it
-                return self._stream_part(task, source, bucket, key, upload, number, start, end)
-            with self.buffers.hold(end - start + 1):
-                body = self._read(task, source, start, end)
-                part = self.target.multipart(
-                    "upload_part",
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload,
-                    PartNumber=number,
-                    Body=body,
-                    ChecksumAlgorithm=PART_CHECKSUM,
-                )
-            done = {"PartNumber": number, "ETag": part["ETag"]}
-            if part.get(f"Checksum{PART_CHECKSUM}"):
-                done[f"Checksum{PART_CHECKSUM}"] = part[f"Checksum{PART_CHECKSUM}"]
-            return done
+                return self._stream_part(task, source, bucket, key, upload, read, number, start)
+            with contextlib.ExitStack() as held:
+                with read.turn(number) as digest:
+                    held.enter_context(self.buffers.hold(end - start + 1))
+                    body = self._read(task, source, start, end)
+                    digest(body)
+                crc = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+                return self.target.upload_part(bucket, key, upload, number, len(body), crc, body)
 
         futures = []
         try:
@@ -349,8 +378,11 @@ class Copier:
                 failed = [f for f in futures if f.done() and f.exception()]
                 if failed:
                     raise failed[0].exception()  # type: ignore[misc]
-            return [f.result() for f in futures]
+            parts = [f.result() for f in futures]
+            read.check()
+            return parts
         finally:
+            read.abandon()
             for future in futures:
                 future.cancel()
 
@@ -361,16 +393,21 @@ class Copier:
         bucket: str,
         key: str,
         upload: str,
+        read: Reading,
         number: int,
         start: int,
-        end: int,
     ) -> dict[str, object]:
         """A part larger than the whole buffer budget (objects above ~470 GiB), read twice
-        and never held: once for its CRC32, once into the upload, which the target
-        refuses unless the bytes match that CRC32 (both reads pinned by the ETag)."""
+        and never held: once for its CRC32 (and the object's MD5), once into the upload,
+        which the target refuses unless the bytes match that CRC32 (both reads pinned by
+        the ETag)."""
+        part_size = max(PART_SIZE, math.ceil(source.size / MAX_PARTS))
+        end = min(start + part_size, source.size) - 1
         crc = 0
-        for piece in self.source.stream(task.bucket, task.key, source.etag, start, end):
-            crc = zlib.crc32(piece, crc)
+        with read.turn(number) as digest:
+            for piece in self.source.stream(task.bucket, task.key, source.etag, start, end):
+                crc = zlib.crc32(piece, crc)
+                digest(piece)
         checksum = base64.b64encode(crc.to_bytes(4, "big")).decode()
         pieces = self.source.stream(task.bucket, task.key, source.etag, start, end)
         return self.target.upload_part(

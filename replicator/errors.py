@@ -41,12 +41,12 @@ PERMANENT_CODES = frozenset(
         "InvalidStorageClass",
         "KMS.NotFoundException",
         "MissingUploadObjectWithObjectLockHeaders",
+        "RequestTimeTooSkewed",  # the host's clock: no retry fixes it (see s3/errors.py)
     }
 )
 TRANSIENT_CODES = frozenset(
     {
         "RequestTimeout",
-        "RequestTimeTooSkewed",
         "ExpiredToken",
         "TokenRefreshRequired",
         "SlowDown",

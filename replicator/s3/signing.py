@@ -1,5 +1,5 @@
-"""AWS Signature Version 4 for the S3 requests the S3 layer sends raw (single PUTs and
-listings): an Authorization header over every header sent.
+"""AWS Signature Version 4 for every S3 request: an Authorization header over every
+header sent.
 
 botocore's signer costs ~0.2 ms of CPU per request, more than the rest of a small copy's
 PUT; this one does the same arithmetic (the AWS SigV4 spec, S3's variant: the path is

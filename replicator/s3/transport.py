@@ -1,0 +1,296 @@
+"""One HTTP transport per S3 endpoint, on urllib3: every S3 request of every command
+(copies, listings, deletes, `check`, the stream listener) goes through it, so the
+network's conventions are honoured in one place (rclone's `fs/fshttp` is the model).
+
+- Trust: the system store (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured) plus the side's own
+  CA bundle (`MINIO_CA_BUNDLE` for the source, `AWS_CA_BUNDLE` for the target) and
+  `MIRROR_CA_BUNDLE` for both: bundles add to the trusted roots, never replace them.
+- Proxies: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` (either case), as curl and Go read them.
+- Timeouts by progress: a connect timeout, and a read timeout per socket operation, so a
+  slow transfer that moves never fails. urllib3's timeouts cannot bound a server that
+  drips its answer a byte at a time, or sends `100 Continue` forever: each request also
+  has a deadline (the read timeout plus its bytes at a minimum rate), and a watchdog
+  shuts the socket of a request that passes it.
+- Pacing: a `SlowDown`, 503 or `Retry-After` from the endpoint slows every thread of the
+  process for that endpoint together (rclone's `lib/pacer`).
+- Framing is urllib3's (exact Content-Length, chunk framing, conflicting lengths refused);
+  a connection with bytes left over is dropped before reuse. Nothing here retries: the
+  policy is the one place that decides (`replicator/policy.py`).
+- `MIRROR_DEBUG=true` logs one line per request: method, host, path, status, ms, bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+log = logging.getLogger("replicator.s3")
+
+CONNECT_TIMEOUT_S = 5
+MIN_RATE = 32 * 1024  # bytes/s a request must average beyond its read timeout (deadline)
+POOL_BLOCK_S = 60  # longest wait for a free connection of a full pool
+PACE_MIN_S = 0.5  # the first pause after a SlowDown; doubled on each one after
+PACE_MAX_S = 30.0  # the longest pause a SlowDown or Retry-After imposes
+WATCH_EVERY_S = 0.25
+
+
+@dataclass(frozen=True)
+class Network:
+    """How one endpoint is reached: its trust, proxy and timeouts."""
+
+    verify: bool
+    bundles: tuple[str, ...]  # extra CA files, added to the system store
+    bundle_variable: str  # the variable that adds CAs for this side, named in errors
+    read_timeout: float
+    proxy: str | None  # the proxy URL for this endpoint, None for a direct connection
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (`NO_PROXY` honoured), or None."""
+    proxies = urllib.request.getproxies_environment()
+    parts = urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.netloc, proxies):
+        return None
+    return proxies.get(parts.scheme)
+
+
+def tls_context(verify: bool, bundles: Iterable[str]) -> ssl.SSLContext:
+    """The system's trusted roots plus `bundles`; no checks at all when not `verify`."""
+    context = ssl.create_default_context()  # honours SSL_CERT_FILE and SSL_CERT_DIR
+    for bundle in bundles:
+        context.load_verify_locations(cafile=bundle)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class DeadlineExceeded(OSError):
+    """The watchdog closed a request that ran past its deadline."""
+
+
+class _Watchdog:
+    """Shuts the socket of every request past its deadline (one thread per process)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.watched: dict[int, tuple[HTTPConnection, float]] = {}
+        self.late: set[int] = set()  # threads whose request the watchdog shut
+        self.local = threading.local()
+        self.thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def bound(self, seconds: float, connection: HTTPConnection | None = None) -> Iterator[None]:
+        """Requests this thread sends inside the block (and `connection`'s answer) must
+        end within `seconds`."""
+        me = threading.get_ident()
+        self.local.deadline = time.monotonic() + seconds
+        with self.lock:
+            self.late.discard(me)
+        if connection is not None:
+            self.watch(connection)
+        try:
+            yield
+        finally:
+            self.local.deadline = None
+            with self.lock:
+                self.watched.pop(me, None)
+
+    def expired(self) -> bool:
+        """Whether this thread's last bounded request was shut by the watchdog."""
+        with self.lock:
+            return threading.get_ident() in self.late
+
+    def watch(self, connection: HTTPConnection) -> None:
+        """Called as a request goes out on `connection`, on the requesting thread."""
+        deadline = getattr(self.local, "deadline", None)
+        if deadline is None:
+            return
+        with self.lock:
+            self.watched[threading.get_ident()] = (connection, deadline)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="s3-watchdog", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCH_EVERY_S)
+            now = time.monotonic()
+            with self.lock:
+                late = [(t, c) for t, (c, d) in self.watched.items() if d < now]
+                for ident, _ in late:
+                    del self.watched[ident]
+                    self.late.add(ident)
+            for _, connection in late:
+                sock = connection.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+
+WATCHDOG = _Watchdog()
+
+
+class _Watched(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        WATCHDOG.watch(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedTLS(HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        WATCHDOG.watch(self)
+        super().request(*args, **kwargs)
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Watched
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedTLS
+
+
+class Pacer:
+    """One pace for all threads that talk to an endpoint: after a SlowDown (or 503, or a
+    Retry-After) every request waits out the pause, which doubles while the endpoint keeps
+    asking and halves with each request it takes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.until = 0.0
+        self.pause = 0.0
+
+    def wait(self) -> None:
+        delay = self.until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay * random.uniform(1.0, 1.2))  # spread the threads' restarts
+
+    def slow_down(self, retry_after: float | None) -> float:
+        """Pause every thread; returns the pause."""
+        with self.lock:
+            self.pause = min(max(self.pause * 2, PACE_MIN_S), PACE_MAX_S)
+            pause = min(max(self.pause, retry_after or 0.0), PACE_MAX_S)
+            self.until = max(self.until, time.monotonic() + pause)
+            return pause
+
+    def went_well(self) -> None:
+        if self.pause:
+            with self.lock:
+                self.pause = self.pause / 2 if self.pause > PACE_MIN_S / 4 else 0.0
+
+
+class Transport:
+    """The connection pools of one endpoint, through its proxy if the environment names
+    one. Thread-safe: every copy thread shares it."""
+
+    def __init__(self, url: str, network: Network, pool: int = 10) -> None:
+        self.url = urlsplit(url)
+        self.network = network
+        self.pacer = Pacer()
+        self.timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=network.read_timeout)
+        options: dict[str, Any] = {
+            "num_pools": 4,
+            "maxsize": pool,
+            "block": False,
+            "retries": False,
+            "timeout": self.timeout,
+        }
+        if self.url.scheme == "https":
+            options["ssl_context"] = tls_context(network.verify, network.bundles)
+            if not network.verify:
+                options.update(cert_reqs="CERT_NONE", assert_hostname=False)
+        if network.proxy:
+            proxy = urlsplit(network.proxy)
+            headers = None
+            if proxy.username:  # credentials in the proxy URL: Basic auth to the proxy
+                auth = f"{proxy.username}:{proxy.password or ''}"
+                headers = urllib3.make_headers(proxy_basic_auth=auth)
+            self.http: urllib3.PoolManager = urllib3.ProxyManager(
+                network.proxy, proxy_headers=headers, **options
+            )
+        else:
+            self.http = urllib3.PoolManager(**options)
+        self.http.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+
+    def deadline(self, size: int = 0) -> float:
+        """Seconds a request moving `size` bytes may take in all."""
+        return self.network.read_timeout + size / MIN_RATE
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | Iterable[bytes] | None = None,
+        *,
+        size: int = 0,
+        stream: bool = False,
+    ) -> urllib3.BaseHTTPResponse:
+        """One request; the answer's body is read unless `stream`. Raises urllib3's and
+        the socket's exceptions as they are (the caller types them) and DeadlineExceeded."""
+        self.pacer.wait()
+        started = time.monotonic()
+        status: int | str = "-"
+        try:
+            with WATCHDOG.bound(self.deadline(size)):
+                try:
+                    answer = self.http.urlopen(
+                        method,
+                        url,
+                        body=body,
+                        headers=headers,
+                        redirect=False,
+                        preload_content=not stream,
+                        decode_content=False,
+                        assert_same_host=False,
+                    )
+                except Exception as exc:
+                    if WATCHDOG.expired():
+                        raise DeadlineExceeded(
+                            f"no complete answer within its deadline of {self.deadline(size):.0f} s"
+                        ) from exc
+                    raise
+            status = answer.status
+            return answer
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                parts = urlsplit(url)
+                log.debug(
+                    "s3 %s %s%s %s %.1f ms %d bytes",
+                    method,
+                    parts.netloc,
+                    parts.path,
+                    status,
+                    (time.monotonic() - started) * 1000,
+                    size,
+                )
+
+    def read(self, answer: urllib3.BaseHTTPResponse, size: int) -> Iterator[bytes]:
+        """The streamed answer's body in pieces, within a deadline for `size` bytes."""
+        with WATCHDOG.bound(self.deadline(size), getattr(answer, "connection", None)):
+            try:
+                yield from answer.stream(1 << 20)
+            except Exception as exc:
+                if WATCHDOG.expired():
+                    raise DeadlineExceeded(
+                        f"body not read within its deadline of {self.deadline(size):.0f} s"
+                    ) from exc
+                raise
+
+    def clear(self) -> None:
+        self.http.clear()
