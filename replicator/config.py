@@ -27,6 +27,7 @@ SECRET_VARIABLES = frozenset(
         "SLACK_BOT_TOKEN",
         "WEBHOOK_AUTH_TOKEN",
         "RABBITMQ_URL",
+        "AWS_SESSION_TOKEN",
     }
 )
 _TRUE = {"true", "1", "yes", "on"}
@@ -51,6 +52,7 @@ RETRY_DELAYS_S = (5, 30, 120, 600)  # MIRROR_RETRY_DELAYS: the delayed-retry tie
 MAX_DELETE = 1000
 MAX_DELETE_PERCENT = 10
 HOLD_MAX_S = 300  # MIRROR_HOLD_MAX: longest one task waits in a thread for a down endpoint
+READ_TIMEOUT_S = 60  # MIRROR_READ_TIMEOUT: longest wait for the next bytes of an S3 answer
 SHOWN_MAX = 200  # characters of a bad value repeated in its message
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII digits only: int() also takes "٣" and "1_0"
 # `scheme://userinfo@` anywhere in a value, and (in URL variables) a bare `userinfo@host`.
@@ -170,8 +172,12 @@ class Settings:
     prefix: str = ""
     overwrite: bool = True
     aws_region: str | None = None
+    minio_region: str = "us-east-1"  # MINIO_REGION: the source's, signed into its requests
     tls_verify: bool = True
-    ca_bundle: str | None = None
+    ca_bundle: str | None = None  # MIRROR_CA_BUNDLE: CAs trusted for both sides (added)
+    source_ca_bundle: str | None = None  # MINIO_CA_BUNDLE: added for the source
+    target_ca_bundle: str | None = None  # AWS_CA_BUNDLE: added for the target
+    read_timeout_s: int = READ_TIMEOUT_S
     slack_token: str | None = field(default=None, repr=False)
     slack_channel: str | None = None
     slack_api_url: str | None = None
@@ -523,8 +529,14 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         prefix=env.get("MIRROR_PREFIX", parse_prefix, ""),
         overwrite=env.get("MIRROR_OVERWRITE", parse_bool, True),
         aws_region=region or None,
+        minio_region=env.get("MINIO_REGION", parse_region, "us-east-1"),
         tls_verify=env.get("MIRROR_TLS_VERIFY", parse_bool, True),
         ca_bundle=env.get("MIRROR_CA_BUNDLE", parse_file, None),
+        source_ca_bundle=env.get("MINIO_CA_BUNDLE", parse_file, None),
+        target_ca_bundle=env.get("AWS_CA_BUNDLE", parse_file, None),
+        read_timeout_s=env.get(
+            "MIRROR_READ_TIMEOUT", parse_duration(1, 86_400, "60"), READ_TIMEOUT_S
+        ),
         slack_token=env.get("SLACK_BOT_TOKEN", parse_token, None),
         slack_channel=env.raw("SLACK_CHANNEL_ID"),
         slack_api_url=env.get("SLACK_API_URL", parse_url_with_path, None),
