@@ -3,8 +3,15 @@
 Credentials reach mc only through `MC_HOST_<alias>` environment variables; mc gets a
 private (0700) temporary config dir that is removed afterwards, so nothing secret is
 on the command line (visible in `ps`) or left on disk. mc's environment is built from
-scratch: locale, PATH, HOME, network settings it needs (proxies, CA locations) and its
-own two `MC_HOST_*`, nothing else of ours (no Slack, webhook or RabbitMQ secret).
+scratch: locale, PATH, network settings it needs (proxies, CA locations) and its own
+two `MC_HOST_*`, nothing else of ours (no Slack, webhook or RabbitMQ secret).
+
+mc never touches $HOME: `--config-dir` comes first on its command line (mc reads it
+before the subcommand starts; after the subcommand it is too late, and mc creates
+`$HOME/.mc`), and HOME is the private dir too. So it runs with a read-only root
+filesystem, any user id, and only a writable temporary directory. The CA bundles
+(MIRROR_CA_BUNDLE, MINIO_CA_BUNDLE, AWS_CA_BUNDLE) go to `<config dir>/certs/CAs/`,
+which mc adds to the system roots.
 
 Each run is its own process group. At the run's deadline, when reading its output
 fails, or when this process is interrupted (stop_all), the whole group is stopped
@@ -13,6 +20,7 @@ fails, or when this process is interrupted (stop_all), the whole group is stoppe
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -24,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -286,6 +295,10 @@ def _drain(stream: Iterable[str], tail: deque[str]) -> None:
         tail.append(line.rstrip())
 
 
+class NoTempDir(RuntimeError):
+    """No writable temporary directory for mc's private config dir."""
+
+
 class Mc:
     """An mc invocation context: binary, private config dir and environment."""
 
@@ -294,29 +307,131 @@ class Mc:
         self.binary = find_binary()
         self.config_dir = config_dir
         self.env = child_environment(settings, os.environ)
-        if settings.ca_bundle:
-            cas = config_dir / "certs" / "CAs"
-            cas.mkdir(parents=True)
-            shutil.copy(settings.ca_bundle, cas / "ca-bundle.crt")
+        # mc's flag defaults look up the home dir at start-up (a fatal error for a user id
+        # without a passwd entry and no HOME): point it at the private dir, never the real one.
+        self.env["HOME"] = str(config_dir)
+        install_cas(settings, config_dir)
 
     def command(self, *args: str) -> list[str]:
+        # Global flags before the subcommand: mc reads --config-dir only there.
         flags = ["--config-dir", str(self.config_dir), "--json", "--no-color"]
         if not self.settings.tls_verify:
             flags.append("--insecure")
         if self.settings.debug:
             flags.append("--debug")
-        return [self.binary, *args[:1], *flags, *args[1:]]
+        return [self.binary, *flags, *args]
 
     def run(self, *args: str, deadline: float | None = None) -> McRun:
         log.debug("running mc %s", " ".join(args))
         return McRun(self.command(*args), self.env, deadline)
 
 
+def ca_bundles(settings: Settings) -> dict[str, str]:
+    """File name in mc's certs/CAs -> the configured bundle: mc trusts these for both
+    endpoints, on top of the system roots (SSL_CERT_FILE)."""
+    found = {
+        "mirror-ca-bundle.crt": settings.ca_bundle,
+        "source-ca-bundle.crt": getattr(settings, "source_ca_bundle", None),
+        "target-ca-bundle.crt": getattr(settings, "target_ca_bundle", None),
+    }
+    return {name: path for name, path in found.items() if path}
+
+
+def install_cas(settings: Settings, config_dir: Path) -> None:
+    bundles = ca_bundles(settings)
+    if not bundles:
+        return
+    cas = config_dir / "certs" / "CAs"
+    cas.mkdir(parents=True, exist_ok=True)
+    for name, path in bundles.items():
+        shutil.copyfile(path, cas / name)
+
+
 @contextmanager
 def session(settings: Settings) -> Iterator[Mc]:
-    """An Mc whose private config dir is removed when the block ends."""
-    config_dir = Path(tempfile.mkdtemp(prefix="minio-s3-mirror-mc-"))
+    """An Mc whose private (0700) config dir is removed when the block ends."""
+    config_dir = private_dir()
     try:
         yield Mc(settings, config_dir)
     finally:
         shutil.rmtree(config_dir, ignore_errors=True)
+
+
+def private_dir() -> Path:
+    """A new 0700 directory under TMPDIR or /tmp; NoTempDir when there is none writable."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="minio-s3-mirror-mc-"))
+    except OSError as exc:
+        where = os.environ.get("TMPDIR") or "/tmp"
+        reason = exc.strerror or "no usable temporary directory"
+        raise NoTempDir(
+            f"cannot create mc's private config directory in {where} ({reason}): "
+            "mount a writable /tmp (an emptyDir or tmpfs) or set TMPDIR to a writable directory"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One endpoint as mc sees it: `name` is "mc source <bucket>" or "mc target <bucket>"."""
+
+    name: str
+    ok: bool
+    detail: str
+    text: str = ""  # mc's error, for the troubleshooting causes
+
+
+PROBE_TIMEOUT_S = 30.0
+
+
+def version() -> str:
+    """mc's first version line (no secret of ours in its environment)."""
+    with tempfile.TemporaryDirectory(prefix="minio-s3-mirror-mc-") as home:
+        env = {**plain_environment(os.environ), "HOME": home}
+        command = [find_binary(), "--config-dir", home, "--version"]
+        out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    return (out.stdout.strip().splitlines() or ["?"])[0]
+
+
+def probe(settings: Settings) -> list[Probe]:
+    """An alias and a listing of every pair's source and target bucket, with the same
+    binary, environment, config dir, CAs and flags as reconcile's mc: where this passes,
+    mc can reach and list both sides. Only the first line of each listing is read."""
+    sides = sorted({(SOURCE_ALIAS, "source", p.source_bucket) for p in settings.pairs})
+    if settings.target:
+        sides += sorted({(TARGET_ALIAS, "target", p.target_bucket) for p in settings.pairs})
+    with session(settings) as mc:
+        return [_list(mc, alias, side, bucket) for alias, side, bucket in sides]
+
+
+def _list(mc: Mc, alias: str, side: str, bucket: str) -> Probe:
+    name = f"mc {side} {bucket}"
+    with mc.run("ls", f"{alias}/{bucket}", deadline=time.monotonic() + PROBE_TIMEOUT_S) as run:
+        first = next(iter(run.stdout), "")
+        run.stop()  # one entry proves the listing; a large bucket is not listed to its end
+    record = _json(first)
+    if record.get("status") == "success":
+        return Probe(name, True, f"alias {alias} set, bucket listed")
+    if not first and run.code == 0:
+        return Probe(name, True, f"alias {alias} set, bucket listed (empty)")
+    error = record.get("error") or _json(run.stderr.splitlines()[-1] if run.stderr else "")
+    text = _error_text(error.get("error", error)) or run.stderr or first.strip()
+    if run.timed_out:
+        text = f"no answer within {PROBE_TIMEOUT_S:.0f}s: {text}".rstrip(": ")
+    return Probe(name, False, f"mc ls {alias}/{bucket}: {text}"[:300], text)
+
+
+def _json(line: str) -> dict:
+    try:
+        found = json.loads(line)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _error_text(error: object) -> str:
+    """mc's JSON error: {"message": ..., "cause": {"message": ...}} or a plain string."""
+    if not isinstance(error, dict):
+        return str(error or "")
+    cause = error.get("cause") or {}
+    parts = [error.get("message", ""), cause.get("message", "") if isinstance(cause, dict) else ""]
+    return ": ".join(p for p in parts if p)

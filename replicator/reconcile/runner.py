@@ -32,7 +32,17 @@ from ..deletes import Deleter
 from ..filters import KeyFilter
 from . import mc_output
 from .ledger import Ledger
-from .mc import Interrupted, Mc, McRun, NoCredentials, interrupted, session, stop_all
+from .mc import (
+    Interrupted,
+    Mc,
+    McRun,
+    NoCredentials,
+    NoTempDir,
+    interrupted,
+    private_dir,
+    session,
+    stop_all,
+)
 from .mc_output import Copied, Difference, Failure, Record, Totals, UnreadableRecord
 from .replace import Replacer
 from .result import PairResult, Problem, RunResult
@@ -345,6 +355,11 @@ def reconcile(settings: Settings) -> RunResult:
     except ConfigError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         raise SystemExit(2) from None
+    try:
+        private_dir().rmdir()  # every pair's mc needs one: say so once, not per pair
+    except NoTempDir as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(1) from None
     started = time.monotonic()
     deadline = started + settings.reconcile_timeout_s
 

@@ -1,0 +1,120 @@
+"""mc's config dir: first on its command line, private, never $HOME; the CA bundles in it;
+`mc ls` of each endpoint for `check` (the real mc against the real stack)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from replicator import config
+from replicator.reconcile import mc, runner
+from tests.conftest import CLI, base_env
+
+PLAIN = {
+    "MINIO_URL": "https://minio:9000",
+    "MINIO_ACCESS_KEY": "a",
+    "MINIO_SECRET_KEY": "b",
+    "AWS_URL": "https://s3.amazonaws.com",
+    "AWS_ACCESS_KEY": "c",
+    "AWS_SECRET_KEY": "d",
+    "BUCKET_PAIR": "minio/src-b:aws/dst-b",
+}
+
+
+def settings_for(stack, pair: str, **extra: str) -> config.Settings:
+    return config.load({**stack.env(), "BUCKET_PAIR": pair, **extra})
+
+
+@pytest.mark.integration
+def test_reconcile_copies_when_home_is_unusable(stack, buckets):
+    """HOME a regular file: creating anything under it fails, even for root (the image
+    test runs the same with a read-only root filesystem and an unknown user id)."""
+    src, dst = buckets("source"), buckets("target")
+    stack.source.client().put_object(Bucket=src, Key="a/b.txt", Body=b"hello")
+    env = {**base_env(stack), "BUCKET_PAIR": f"minio/{src}:aws/{dst}", "HOME": "/etc/hostname"}
+    for name in ("SLACK_BOT_TOKEN", "SLACK_CHANNEL_ID"):
+        env.pop(name)
+
+    result = subprocess.run(
+        [CLI, "reconcile"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    got = stack.target.client().get_object(Bucket=dst, Key="a/b.txt")["Body"].read()
+    assert got == b"hello"
+
+
+def test_the_config_dir_comes_before_the_subcommand(tmp_path, monkeypatch):
+    monkeypatch.setenv("MC_BINARY", "/bin/true")
+    settings = config.load(PLAIN)
+    run = mc.Mc(settings, tmp_path)
+
+    command = run.command("mirror", "minio/src-b", "aws/dst-b")
+
+    assert command[1:3] == ["--config-dir", str(tmp_path)]
+    assert command[-3:] == ["mirror", "minio/src-b", "aws/dst-b"]
+    assert run.env["HOME"] == str(tmp_path)
+
+
+def test_every_ca_bundle_reaches_mcs_certs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MC_BINARY", "/bin/true")
+    bundles = {}
+    for name in ("MIRROR_CA_BUNDLE", "MINIO_CA_BUNDLE", "AWS_CA_BUNDLE"):
+        path = tmp_path / f"{name}.pem"
+        path.write_text(f"-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n")
+        bundles[name] = str(path)
+    settings = config.load({**PLAIN, **bundles})
+    expected = {bundles["MIRROR_CA_BUNDLE"]}
+    # MINIO_CA_BUNDLE and AWS_CA_BUNDLE where the configuration reads them.
+    for field, name in (
+        ("source_ca_bundle", "MINIO_CA_BUNDLE"),
+        ("target_ca_bundle", "AWS_CA_BUNDLE"),
+    ):
+        if hasattr(settings, field):
+            expected.add(bundles[name])
+
+    with mc.session(settings) as run:
+        cas = run.config_dir / "certs" / "CAs"
+        copied = {p.read_text() for p in cas.iterdir()}
+        mode = stat.S_IMODE(run.config_dir.stat().st_mode)
+
+    assert copied == {Path(p).read_text() for p in expected}
+    assert mode == 0o700
+    assert not run.config_dir.exists()  # removed with its copies
+
+
+def test_no_writable_temporary_directory_is_one_line_and_exit_1(monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/tmp")
+    settings = config.load(PLAIN)
+
+    with pytest.raises(SystemExit) as exited:
+        runner.reconcile(settings)
+
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mount a writable /tmp" in err, err
+
+
+@pytest.mark.integration
+def test_probe_lists_both_endpoints_and_names_what_fails(stack, buckets):
+    src, dst = buckets("source"), buckets("target")
+    stack.source.client().put_object(Bucket=src, Key="one.txt", Body=b"1")
+
+    good = mc.probe(settings_for(stack, f"minio/{src}:aws/{dst}"))
+    missing = mc.probe(settings_for(stack, f"minio/{src}:aws/no-such-bucket-{os.getpid()}"))
+    bad_key = mc.probe(settings_for(stack, f"minio/{src}:aws/{dst}", AWS_SECRET_KEY="wrong"))
+
+    assert [(p.name, p.ok) for p in good] == [
+        (f"mc source {src}", True),
+        (f"mc target {dst}", True),
+    ]
+    assert "listed" in good[0].detail and "(empty)" in good[1].detail
+    assert [p.ok for p in missing] == [True, False]
+    assert "does not exist" in missing[1].detail.lower(), missing[1]
+    assert [p.ok for p in bad_key] == [True, False]
+    assert "signature" in bad_key[1].text.lower() or "access" in bad_key[1].text.lower()
