@@ -85,7 +85,7 @@ def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
     succeeded; a Slack report is sent when SLACK_BOT_TOKEN and SLACK_CHANNEL_ID are set.
     """
     from . import slack
-    from .reconcile import summary
+    from .reconcile import record, summary
     from .reconcile.mc import McMissing, find_binary
     from .reconcile.runner import reconcile as run_reconcile
 
@@ -102,6 +102,7 @@ def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
     run = run_reconcile(settings)
     click.echo(summary.render_json(run) if as_json else summary.render_text(run))
     slack.report_reconcile(settings, run)
+    record.save(settings, run)
     sys.exit(0 if run.ok else EXIT_FAILED)
 
 
@@ -270,6 +271,26 @@ def dlq_purge(yes: bool) -> None:
     with rabbitmq_failures():
         count = parking.purge(settings)
     click.echo(f"purged {count} task(s)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--no-peek",
+    is_flag=True,
+    help="Do not look at the oldest waiting task (a peek counts as one of its deliveries).",
+)
+def status(as_json: bool, no_peek: bool) -> None:
+    """Queues, dead letters, oldest waiting task, endpoints, last reconcile per pair.
+
+    Exit 0 when healthy, 1 when degraded (the report lists every reason).
+    """
+    from . import status as report
+
+    settings = load_settings()
+    found = report.collect(settings, peek=not no_peek)
+    click.echo(report.render(found, as_json))
+    sys.exit(0 if found.healthy else EXIT_FAILED)
 
 
 @main.command()
