@@ -115,12 +115,13 @@ def test_after_an_outage_longer_than_the_hold_ceiling_copies_resume_at_once(
     keys = [f"backlog/{i:04d}" for i in range(240)]
     upload(notifying.client(), src, {k: (k.encode(), "text/plain", {}) for k in keys})
     port = local_stack.free_port()
+    threads = 4
     worker = procs(
         "work",
         **pair_env(src, dst),
         AWS_URL=link.url,
-        MIRROR_HOLD_MAX="2s",  # tasks cross it several times during the outage
-        MIRROR_MAX_WORKERS="4",
+        MIRROR_HOLD_MAX="20s",  # back-offs of 1, 1, 2, 4, 8 and 4 s, then a delay queue
+        MIRROR_MAX_WORKERS=str(threads),
         METRICS_ADDRESS=f"127.0.0.1:{port}",
     )
     target = stack.target.client()
@@ -129,9 +130,17 @@ def test_after_an_outage_longer_than_the_hold_ceiling_copies_resume_at_once(
 
     link.cut()
     publish(rabbit, *tasks(src, keys[20:]))  # the backlog builds while the target is down
+    # The first tasks held pass MIRROR_HOLD_MAX into a delay queue; the next ones are held.
     local_stack.wait_until(
-        lambda: metric(port, f"{P}retries_total") >= 4, 60, "held tasks past MIRROR_HOLD_MAX"
+        lambda: metric(port, f"{P}retries_total") >= threads, 90, "tasks past MIRROR_HOLD_MAX"
     )
+    local_stack.wait_until(
+        lambda: metric(port, f"{P}endpoint_holds_total{{side=target}}") >= 2 * threads,
+        30,
+        "the next tasks held",
+    )
+    # Into their 8 s back-off: a worker that let them sleep it out would resume ~7 s late.
+    threading.Event().wait(9)
     copied = metric(port, f"{P}objects_replicated_total")
     link.restore()
     back = time.monotonic()
