@@ -100,6 +100,12 @@ def shares_target(settings: Settings, pair: BucketPair, target_key: str) -> bool
     return False
 
 
+def excluded(settings: Settings, bucket: str, key: str) -> bool:
+    """Whether MIRROR_EXCLUDE matched this key in a pair's folder: what "excluded" counts
+    (a key outside every folder is out of scope, not excluded)."""
+    return any(f.pair.source_bucket == bucket and f.excluded(key) for f in _filters(settings))
+
+
 def pairs_for(settings: Settings, bucket: str, key: str) -> list[BucketPair]:
     """Every pair that replicates this source object (a bucket may feed several pairs)."""
     return [f.pair for f in _filters(settings) if f.pair.source_bucket == bucket and f.accepts(key)]

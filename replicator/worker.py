@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import pika
 import tenacity
 
-from . import broker, health, message, metrics, policy, topology
+from . import broker, filters, health, message, metrics, policy, topology
 from .config import Settings
 from .copier import Copier, Outcome
 from .digest import Digest
@@ -278,7 +278,10 @@ class Worker:
             self._log(task, attempt, "deleted", outcome.reason)
             return
         if not outcome.copied:
-            metrics.SKIPPED.labels(metrics.skip_reason(outcome.reason)).inc()
+            reason = metrics.skip_reason(outcome.reason)
+            if reason == "excluded" and not filters.excluded(self.settings, task.bucket, task.key):
+                reason = "out_of_scope"  # outside MIRROR_PREFIX or the pair's path
+            metrics.SKIPPED.labels(reason).inc()
             self._log(task, attempt, "skipped", outcome.reason)
             return
         # The object count goes last: who sees it can trust the bytes and duration.

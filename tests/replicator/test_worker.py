@@ -9,6 +9,7 @@ import time
 
 import pika
 import pytest
+from prometheus_client import REGISTRY
 
 from replicator import config, message
 from replicator import worker as worker_module
@@ -252,3 +253,24 @@ def test_a_rejected_delivery_is_not_acked(acking):
     work._finished.put(work._outstanding[2])
     assert finish(1, 3) == [(3, True)] and rejected == [(2, True)]
     assert work._outstanding == {} and work._unacked == 0
+
+
+def test_only_what_mirror_exclude_matched_counts_as_excluded(stack, buckets):
+    """Issue 24: a key outside MIRROR_PREFIX is out of scope, not "excluded"."""
+    src, dst = buckets("source"), buckets("target")
+    env = {
+        **base_env(stack),
+        "BUCKET_PAIR": f"minio/{src}:aws/{dst}",
+        "MIRROR_PREFIX": "o/0",
+        "MIRROR_EXCLUDE": "*.tmp",
+    }
+    work = Worker(config.load(env), concurrency=1)
+    name = "minio_s3_mirror_objects_skipped_total"
+    before = {r: REGISTRY.get_sample_value(name, {"reason": r}) or 0 for r in LABELS}
+    for key in ("o/0/a.tmp", "o/0-big", "o/000001"):
+        assert work.handle(Delivery(1, Task(bucket=src, key=key, origin="stream").to_json(), {}))
+    after = {r: REGISTRY.get_sample_value(name, {"reason": r}) or 0 for r in LABELS}
+    assert {r: after[r] - before[r] for r in LABELS} == {"excluded": 1, "out_of_scope": 2}
+
+
+LABELS = ("excluded", "out_of_scope")
