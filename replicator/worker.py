@@ -119,7 +119,7 @@ class Endpoint:
         if up and not self._up:
             took = time.monotonic() - self.down_since
             log.warning(
-                "%s is reachable again after %.0fs; %d held task(s) resume",
+                "%s is reachable again after %.0fs; %d task(s) waited for it; held work resumes",
                 self.side,
                 took,
                 self._held,

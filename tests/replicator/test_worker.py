@@ -143,7 +143,7 @@ def test_held_tasks_resume_the_moment_their_endpoint_answers_and_it_is_said_once
         "target unreachable",
         "target is reachable again",
     ]
-    assert "3 held task(s) resume" in lines[1]
+    assert "3 task(s) waited for it" in lines[1]
 
 
 def test_stopping_releases_held_tasks():
