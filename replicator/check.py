@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -11,7 +10,11 @@ from dataclasses import dataclass, field
 from . import broker, slack, topology
 from .config import Settings
 from .errors import CopyError, Kind
-from .reconcile.mc import McMissing, find_binary, plain_environment
+from .reconcile.mc import McMissing, NoCredentials, NoTempDir, find_binary
+from .reconcile.mc import endpoints as mc_endpoints
+from .reconcile.mc import probe as mc_probe
+from .reconcile.mc import version as mc_version
+from .reconcile.troubleshoot import diagnose
 from .s3 import S3, Head
 
 # Probe objects live under one fixed prefix, so a lifecycle rule can expire the ones an
@@ -320,33 +323,43 @@ def slack_check(settings: Settings) -> Check:
     return Check("slack", "ok", f"authenticated as {answer.get('user', '?')}")
 
 
-def mc_check() -> Check:
+def mc_checks(settings: Settings, earlier: list[Check]) -> list[Check]:
+    """mc, reconcile's copier: its version, then an alias and a listing of every pair's
+    bucket on both sides, run as reconcile runs mc (its environment, private config dir,
+    CA bundles and flags), so this fails where reconcile would. A bucket whose own check
+    failed above is not listed again (one failing part, one FAIL line)."""
+    failed = {check.name for check in earlier if check.status == "FAIL"}
+    sides = [side for side in mc_endpoints(settings) if " ".join(side) not in failed]
+    skipped = [
+        Check(f"mc {side} {bucket}", "skip", f"not listed: {side} {bucket} failed above")
+        for side, bucket in mc_endpoints(settings)
+        if f"{side} {bucket}" in failed
+    ]
     try:
-        path = find_binary()
-        out = subprocess.run(
-            [path, "--version"],
-            env=plain_environment(os.environ),  # no secret of ours for mc
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (McMissing, OSError, subprocess.TimeoutExpired) as exc:
-        return Check("mc", "FAIL", str(exc), ("install mc (the image has it) or set MC_BINARY",))
-    version = (out.stdout.strip().splitlines() or ["?"])[0]
-    return Check("mc", "ok", f"{path}: {version}")
+        path, version = find_binary(), mc_version()
+        probes = mc_probe(settings, sides)
+    except McMissing as exc:
+        return [Check("mc", "FAIL", str(exc), ("install mc (the image has it) or set MC_BINARY",))]
+    except (NoCredentials, NoTempDir, OSError, subprocess.TimeoutExpired) as exc:
+        return [Check("mc", "FAIL", str(exc)[:300])]
+    checks = [Check("mc", "ok", f"{path}: {version}")]
+    for probe in probes:
+        hints = () if probe.ok else diagnose(probe.text)[0].hints
+        checks.append(Check(probe.name, "ok" if probe.ok else "FAIL", probe.detail, hints))
+    return checks + skipped
 
 
 def run(settings: Settings, *, read_only: bool) -> list[Check]:
     config = Check("configuration", "ok", f"{len(settings.pairs)} pair(s)")
-    return [
+    checks = [
         config,
         *source_checks(settings),
         *target_checks(settings, read_only),
         *delete_checks(settings, read_only),
         rabbitmq_check(settings),
         slack_check(settings),
-        mc_check(),
     ]
+    return checks + mc_checks(settings, checks)
 
 
 def render(checks: list[Check]) -> str:

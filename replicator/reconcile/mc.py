@@ -392,20 +392,31 @@ def version() -> str:
     return (out.stdout.strip().splitlines() or ["?"])[0]
 
 
-def probe(settings: Settings) -> list[Probe]:
-    """An alias and a listing of every pair's source and target bucket, with the same
-    binary, environment, config dir, CAs and flags as reconcile's mc: where this passes,
-    mc can reach and list both sides. Only the first line of each listing is read."""
-    sides = sorted({(SOURCE_ALIAS, "source", p.source_bucket) for p in settings.pairs})
+def endpoints(settings: Settings) -> list[tuple[str, str]]:
+    """(side, bucket) of every pair's source and target: what probe() lists."""
+    sides = sorted({("source", p.source_bucket) for p in settings.pairs})
     if settings.target:
-        sides += sorted({(TARGET_ALIAS, "target", p.target_bucket) for p in settings.pairs})
+        sides += sorted({("target", p.target_bucket) for p in settings.pairs})
+    return sides
+
+
+def probe(settings: Settings, sides: list[tuple[str, str]] | None = None) -> list[Probe]:
+    """An alias and a listing of each (side, bucket) (default: endpoints()), with the same
+    binary, environment, config dir, CAs and flags as reconcile's mc: where this passes,
+    mc can reach and list that bucket. Only the first line of each listing is read."""
+    sides = endpoints(settings) if sides is None else sides
+    if not sides:
+        return []
+    aliases = {"source": SOURCE_ALIAS, "target": TARGET_ALIAS}
     with session(settings) as mc:
-        return [_list(mc, alias, side, bucket) for alias, side, bucket in sides]
+        return [_list(mc, aliases[side], side, bucket) for side, bucket in sides]
 
 
 def _list(mc: Mc, alias: str, side: str, bucket: str) -> Probe:
     name = f"mc {side} {bucket}"
-    with mc.run("ls", f"{alias}/{bucket}", deadline=time.monotonic() + PROBE_TIMEOUT_S) as run:
+    # The trailing slash: a listing only (GET ?location, GET ?list-type=2), no HEAD.
+    where, deadline = f"{alias}/{bucket}/", time.monotonic() + PROBE_TIMEOUT_S
+    with mc.run("ls", where, deadline=deadline) as run:
         first = next(iter(run.stdout), "")
         run.stop()  # one entry proves the listing; a large bucket is not listed to its end
     record = _json(first)
@@ -417,7 +428,7 @@ def _list(mc: Mc, alias: str, side: str, bucket: str) -> Probe:
     text = _error_text(error.get("error", error)) or run.stderr or first.strip()
     if run.timed_out:
         text = f"no answer within {PROBE_TIMEOUT_S:.0f}s: {text}".rstrip(": ")
-    return Probe(name, False, f"mc ls {alias}/{bucket}: {text}"[:300], text)
+    return Probe(name, False, f"mc ls {where}: {text}"[:300], text)
 
 
 def _json(line: str) -> dict:

@@ -118,3 +118,25 @@ def test_probe_lists_both_endpoints_and_names_what_fails(stack, buckets):
     assert "does not exist" in missing[1].detail.lower(), missing[1]
     assert [p.ok for p in bad_key] == [True, False]
     assert "signature" in bad_key[1].text.lower() or "access" in bad_key[1].text.lower()
+
+
+@pytest.mark.integration
+def test_check_lists_each_bucket_with_mc_unless_its_own_check_failed(stack, buckets):
+    from replicator.check import Check, mc_checks
+
+    src, dst = buckets("source"), buckets("target")
+    settings = settings_for(stack, f"minio/{src}:aws/{dst}")
+
+    healthy = mc_checks(settings, [Check(f"source {src}", "ok", ""), Check("rabbitmq", "FAIL", "")])
+    target_failed = mc_checks(settings, [Check(f"target {dst}", "FAIL", "refused")])
+
+    assert [(c.name, c.status) for c in healthy] == [
+        ("mc", "ok"),
+        (f"mc source {src}", "ok"),
+        (f"mc target {dst}", "ok"),
+    ]
+    assert [(c.name, c.status) for c in target_failed] == [
+        ("mc", "ok"),
+        (f"mc source {src}", "ok"),
+        (f"mc target {dst}", "skip"),
+    ]
