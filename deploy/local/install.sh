@@ -36,6 +36,12 @@ toxiproxy() {  # cmd/server installs as "server": renamed, so PATH gets no bare 
 debian_packages() {
   local missing=()
   [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || missing+=(rabbitmq-server)
+  # The image test (tests/image): build and run the Dockerfile without a Docker engine.
+  local tool
+  for tool in podman buildah runc mmdebstrap; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  [[ -x /usr/lib/podman/netavark ]] || missing+=(netavark)  # podman's network stack
   if ! command -v kubectl >/dev/null; then
     # Debian ships kubectl as kubernetes-client; a kubectl package wins where one exists.
     if apt-cache show kubectl >/dev/null 2>&1; then missing+=(kubectl); else missing+=(kubernetes-client); fi
