@@ -176,6 +176,8 @@ class Worker:
         self.consuming = threading.Event()  # readiness: connected and consuming
         self.digest = Digest(settings)
         self._finished: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        # Ack frames sent: batches (`multiple`) and single acks behind a longer copy.
+        self.acks = {"deliveries": 0, "batches": 0, "alone": 0}
         self._wake = threading.Lock()
         self._woken = False
 
@@ -352,7 +354,14 @@ class Worker:
                     self.stopping.wait(delay * random.uniform(0.5, 1.5))
                     delay = min(delay * 2, RECONNECT_S[1])
         self.digest.close()
-        log.info("worker stopped")
+        acks = self.acks
+        log.info(
+            "worker stopped; %d deliveries acked with %d acks, %d of them alone behind a "
+            "longer copy",
+            acks["deliveries"],
+            acks["batches"] + acks["alone"],
+            acks["alone"],
+        )
 
     def stop(self) -> None:
         """Take no more work; held tasks go back to the queue at once."""
@@ -471,10 +480,14 @@ class Worker:
                 del self._outstanding[tag]
             channel.basic_ack(last, multiple=True)
             self._unacked -= run
+            self.acks["batches"] += 1
+            self.acks["deliveries"] += run
         for tag in behind:
             del self._outstanding[tag]
             channel.basic_ack(tag)
         self._unacked -= len(behind)
+        self.acks["alone"] += len(behind)
+        self.acks["deliveries"] += len(behind)
         self._ack_due = 0.0
         if self._unacked:
             waiting = (d.settled_at for d in self._outstanding.values() if d.settled_at)

@@ -219,6 +219,7 @@ def test_a_long_copy_at_the_head_holds_one_slot_not_the_window(acking):
     assert finish() == list(range(2, 65))
     assert list(work._outstanding) == [1]
     assert finish(1) == [*range(2, 65), (1, True)]
+    assert work.acks == {"deliveries": 64, "batches": 1, "alone": 63}
 
 
 def test_a_finished_delivery_waits_for_its_ack_at_most_ack_wait_s(acking):
