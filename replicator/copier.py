@@ -42,6 +42,10 @@ MAX_PARTS = 10_000
 PART_BUDGET = 3 * PART_SIZE  # bytes of parts in memory at once, for the whole process
 PART_THREADS = 8
 PARTS_PER_UPLOAD = 3  # parts of one object in flight at once
+# Retries do not nest: a failed part has its PART_TRIES here and the worker adds none
+# (CopyError.retried), so a part that keeps failing is sent at most PART_TRIES times per
+# delivery, 3 x 5 = 15 times in a task's life with the default MIRROR_RETRY_DELAYS (four
+# delayed retries). A single PUT likewise: the worker's 3 in-process tries per delivery.
 PART_TRIES = 3
 # Each part carries a CRC32 the target verifies (AWS SDKs' own default): a tenth of
 # SHA-256's CPU per byte on both sides, for bulk bytes. A single PUT keeps SHA-256,
@@ -381,6 +385,9 @@ class Copier:
             parts = [f.result() for f in futures]
             read.check()
             return parts
+        except CopyError as exc:
+            exc.retried = True  # each part had PART_TRIES: the worker adds no tries of its own
+            raise
         finally:
             read.abandon()
             for future in futures:

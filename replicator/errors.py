@@ -78,6 +78,9 @@ class CopyError(Exception):
         self.reason = reason
         self.side = side
         self.code = code
+        # Already retried where it happened (a multipart part): callers above must not
+        # retry it again in the same delivery, or the tries multiply.
+        self.retried = False
 
     def __repr__(self) -> str:
         return f"CopyError({self.kind.value}, {self.side}, {self.reason!r})"

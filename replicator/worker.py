@@ -49,8 +49,8 @@ ACK_WAIT_S = 0.05  # the longest a finished delivery otherwise waits for its ack
 # A task moved to a delay queue during an outage carries the (wall-clock) time it was
 # first held in it, so that it is counted once per outage, however often it comes back.
 HELD_SINCE = "x-mirror-held-since"
-_TRANSIENT = tenacity.retry_if_exception(
-    lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT
+_TRANSIENT = tenacity.retry_if_exception(  # a failed part has had its tries: no more here
+    lambda e: isinstance(e, CopyError) and e.kind is Kind.TRANSIENT and not e.retried
 )
 
 

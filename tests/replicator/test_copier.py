@@ -687,3 +687,32 @@ def test_a_part_larger_than_the_buffer_budget_is_streamed_never_held(stack, targ
     assert body(target, dst, "huge") == data
     head = target.client().head_object(Bucket=dst, Key="huge", ChecksumMode="ENABLED")
     assert head.get("ChecksumCRC32"), head
+
+
+def test_a_failing_part_is_sent_part_tries_times_and_the_worker_adds_none(stack, buckets):
+    """Retries do not nest: each part of a multipart copy into a target answering 500 to
+    every part is sent PART_TRIES times, and the worker's in-process retries (the same
+    predicate the worker uses) add no more sends in that delivery."""
+    import tenacity
+
+    from replicator import copier as engine
+    from replicator import worker
+    from replicator.errors import CopyError, Kind
+
+    src, dst = buckets("source"), buckets("target")
+    key = "parts-fail.bin"
+    stack.source.client().put_object(Bucket=src, Key=key, Body=b"p" * (17 * 1024 * 1024))
+    proxy = local_stack.FaultProxy(stack.target.url).start()
+    try:
+        proxy.add_rule(key, "bare500", "PUT")
+        env = {**base_env(stack), "AWS_URL": proxy.url, "BUCKET_PAIR": f"minio/{src}:aws/{dst}"}
+        copier = Copier(config.load(env))
+        retrying = tenacity.Retrying(
+            retry=worker._TRANSIENT, stop=tenacity.stop_after_attempt(3), reraise=True
+        )
+        with pytest.raises(CopyError) as raised:
+            retrying(copier.copy, Task(bucket=src, key=key, origin="backfill"))
+        assert raised.value.kind is Kind.TRANSIENT and raised.value.retried
+        assert proxy.count(key, "PUT") == 2 * engine.PART_TRIES  # two parts, no more
+    finally:
+        proxy.stop()
