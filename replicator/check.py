@@ -21,6 +21,7 @@ from .s3 import S3, Head
 # Object Lock bucket keeps (README: check).
 PROBE_PREFIX = ".minio-s3-mirror-check/"
 PROBE_BODY = b"minio-s3-mirror check: a probe object; safe to delete\n"
+CLOCK_WARN_S = 300  # a clock this far off an endpoint's fails the check (S3 refuses at 900)
 _CREDENTIAL_CODES = frozenset(
     {
         "SignatureDoesNotMatch",
@@ -349,12 +350,42 @@ def mc_checks(settings: Settings, earlier: list[Check]) -> list[Check]:
     return checks + skipped
 
 
+def clock_checks(settings: Settings) -> list[Check]:
+    """How far this host's clock is off each endpoint's (its `Date`): S3 refuses requests
+    signed more than 15 minutes off (RequestTimeTooSkewed)."""
+    checks = []
+    sides = [("source", settings.source, settings.pairs[0].source_bucket)]
+    if settings.target is not None:
+        sides.append(("target", settings.target, settings.pairs[0].target_bucket))
+    for side, endpoint, bucket in sides:
+        try:
+            offset = S3(endpoint, settings, side, 1).clock_offset(bucket)
+        except CopyError:
+            continue  # the endpoint's own check says why
+        if offset is None:
+            continue
+        how = f"this host is {abs(offset):.0f} s {'ahead of' if offset > 0 else 'behind'}"
+        if abs(offset) < CLOCK_WARN_S:
+            checks.append(Check(f"clock {side}", "ok", f"{how} the {side}"))
+        else:
+            checks.append(
+                Check(
+                    f"clock {side}",
+                    "FAIL",
+                    f"clock skew: {how} the {side}; S3 refuses requests 15 min off",
+                    ("set this host's time right (NTP, chrony)",),
+                )
+            )
+    return checks
+
+
 def run(settings: Settings, *, read_only: bool) -> list[Check]:
     config = Check("configuration", "ok", f"{len(settings.pairs)} pair(s)")
     checks = [
         config,
         *source_checks(settings),
         *target_checks(settings, read_only),
+        *clock_checks(settings),
         *delete_checks(settings, read_only),
         rabbitmq_check(settings),
         slack_check(settings),

@@ -53,13 +53,15 @@ def skew_s(headers: dict, body: bytes = b"") -> float | None:
 def skewed(side: str, headers: dict, body: bytes = b"") -> CopyError:
     offset = skew_s(headers, body)
     how = "off" if offset is None else f"{abs(offset):.0f} s {'ahead' if offset > 0 else 'behind'}"
-    return CopyError(
+    error = CopyError(
         Kind.PERMANENT,
         f"{side} clock skew: this host is {how} of the {side}'s clock "
         "(RequestTimeTooSkewed); set the time right (NTP) and replay the dead letters",
         side,
         "RequestTimeTooSkewed",
     )
+    error.offset = offset  # type: ignore[attr-defined]  # for `check`
+    return error
 
 
 def from_exception(side: str, exc: BaseException, network: Network) -> CopyError:

@@ -27,7 +27,7 @@ from .. import errors
 from ..config import Endpoint, Settings
 from ..errors import CopyError, Kind
 from . import signing
-from .errors import from_answer, from_exception
+from .errors import from_answer, from_exception, skew_s
 from .listing import Listed, listing
 from .transport import Network, Transport, proxy_for
 
@@ -420,6 +420,16 @@ class S3:
         except CopyError as exc:
             return exc.kind is not Kind.DOWN and " connection broken: " not in exc.reason
         return True
+
+    def clock_offset(self, bucket: str) -> float | None:
+        """How far this host's clock is ahead of the endpoint's (seconds; its `Date`)."""
+        try:
+            _, headers, _ = self.request("GET", bucket, "", {"location": ""})
+        except CopyError as exc:
+            if exc.code != "RequestTimeTooSkewed":
+                raise
+            return getattr(exc, "offset", None)
+        return skew_s(headers)
 
     def list(self, bucket: str, prefix: str, page: int = 1000) -> Iterator[Listed]:
         """Every key under the prefix, in key order, a page at a time (see `listing`)."""

@@ -302,3 +302,17 @@ def test_debug_logs_one_line_per_request_without_signature_or_secret(serve, capl
     assert len(lines) == 1
     assert lines[0].startswith("s3 GET 127.0.0.1:") and "/bbb/k 200 " in lines[0], lines
     assert "Signature" not in lines[0] and "minio-secret" not in lines[0]
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["answered", "refused-as-skewed"])
+def test_the_clock_offset_comes_from_the_endpoints_date(serve, refused):
+    """What `check` reports: the endpoint's `Date` against this host's clock, also when
+    the endpoint already refuses our requests as too skewed."""
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() - 1200))
+    body = b"<Error><Code>RequestTimeTooSkewed</Code><Message>m</Message></Error>"
+    if not refused:
+        body = b"<LocationConstraint/>"
+    status = "403 Forbidden" if refused else "200 OK"
+    reply = f"HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: {len(body)}\r\n\r\n"
+    offset = source(serve(answers(reply.encode() + body)).url()).clock_offset("bbb")
+    assert offset is not None and 1190 < offset < 1300
