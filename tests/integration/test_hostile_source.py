@@ -391,7 +391,7 @@ def test_broken_framing_or_bytes_never_land_and_other_keys_do(
     wait_for_keys(target, dst, {seeded, *HEALTHY}, timeout=120)
     dlq = settle(rabbit, worker, [seeded, absent])
 
-    # Today: what landed instead of the previous copy / nothing.
+    # The previous good copy stays as it was; the key the target lacked stays absent.
     landed = target_keys(target, dst)
     kept = target.get_object(Bucket=dst, Key=seeded)
     kept_body = kept["Body"].read()
