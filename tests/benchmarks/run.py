@@ -588,6 +588,101 @@ def bench_large(stack: Stack) -> list[Row]:
     ]
 
 
+S6_COUNT = 2000
+S6_SIZE = 64 * 1024
+S6_THREADS = 16
+
+
+def acks_logged(log: Path) -> tuple[int, int, int]:
+    """(deliveries, ack frames, single acks behind a longer copy) from the worker's last
+    line; zeros from a worker that does not log them."""
+    found = re.findall(
+        r"(\d+) deliveries acked with (\d+) acks, (\d+) of them alone", log.read_text()
+    )
+    return tuple(int(n) for n in found[-1]) if found else (0, 0, 0)
+
+
+def small_rate(
+    stack: Stack, src: str, dst: str, keys: list[str], big: str | None
+) -> tuple[float, tuple[int, int, int]]:
+    """Small objects copied per second by one worker, timed from /readyz, and its acks.
+    With `big` queued first, only while that copy runs: until it lands or the small ones
+    are done."""
+    publish(stack, src, ([big] if big else []) + keys)
+    target = stack.target.client()
+
+    def landed() -> bool:
+        try:
+            target.head_object(Bucket=dst, Key=big)
+        except target.exceptions.ClientError:
+            return False
+        return True
+
+    work = Worker(stack, src, dst, stack.root / f"{dst}.log", MIRROR_MAX_WORKERS=str(S6_THREADS))
+    try:
+        work.ready()
+        start = time.perf_counter()
+        while True:
+            big_done = bool(big) and landed()  # before the count: it may include the big one
+            small = work.finished() - big_done
+            if big_done or small >= len(keys):
+                rate = small / (time.perf_counter() - start)
+                break
+            if time.perf_counter() - start > TIMEOUT_S:
+                raise TimeoutError(f"S6: {small:.0f} small objects copied in {TIMEOUT_S:.0f}s")
+            time.sleep(0.05)
+        if big:
+            until(landed)  # SIGTERM waits for a copy in flight: let it end first
+    finally:
+        work.stop()
+    return rate, acks_logged(work.log)
+
+
+def bench_head_of_line(stack: Stack) -> list[Row]:
+    """S6: a 1 GiB task queued first, then 2,000 x 64 KiB, one worker: the small objects'
+    rate while the large copy runs, against the same 2,000 alone (issue 23)."""
+    keys = [f"o/{i:06d}" for i in range(S6_COUNT)]
+    fill(stack, "bench-s6", S6_COUNT, S6_SIZE)
+    from boto3.s3.transfer import TransferConfig
+
+    stack.source.client().upload_fileobj(
+        Pattern(GiB),
+        "bench-s6",
+        "big",
+        Config=TransferConfig(multipart_chunksize=64 * MiB, max_concurrency=4),
+    )
+    target = stack.target.client()
+    box = Box()
+    alone: list[tuple[float, tuple[int, int, int]]] = []
+    behind: list[tuple[float, tuple[int, int, int]]] = []
+    for i in range(ROUNDS):  # interleaved
+        for rates, big in ((alone, None), (behind, "big")):
+            dst = f"bench-s6-{'big' if big else 'alone'}-{i}"
+            target.create_bucket(Bucket=dst)
+            rates.append(small_rate(stack, "bench-s6", dst, keys, big))
+            drop(stack.target, dst)
+    with_big = statistics.median(rate for rate, _ in behind)
+    without = statistics.median(rate for rate, _ in alone)
+    each = " vs ".join("/".join(f"{rate:.0f}" for rate, _ in runs) for runs in (behind, alone))
+    delivered, frames, single = (sum(run[1][i] for run in alone) for i in range(3))
+    acks = (
+        f"ack frames per task, alone: {frames / delivered:.3f} ({single} single acks of "
+        f"{delivered} tasks)"
+        if delivered
+        else "ack frames not logged by this worker"
+    )
+    return [
+        (
+            f"S6: 1 GiB queued first, then {S6_COUNT:,} × 64 KiB, 1 worker process, "
+            f"MIRROR_MAX_WORKERS={S6_THREADS}",
+            "small objects/s while the 1 GiB copy runs / alone",
+            f"**{with_big / without:.2f}×**",
+            f"{with_big:.0f}/s vs {without:.0f}/s, medians of {ROUNDS} interleaved "
+            f"({each} obj/s); target ≥ 0.90×; {acks}; {box.since()}",
+        )
+    ]
+
+
 def bench_latency(stack: Stack) -> list[Row]:
     """S3: 50 PUT/s for 60 s through the webhook path; event time to verified copy."""
     return [latency_run(stack, queue_dir) for queue_dir in (True, False)]
@@ -767,6 +862,7 @@ SCENARIOS: dict[str, Callable[[Stack], list[Row]]] = {
     "reconcile": bench_reconcile,
     "small": bench_small,
     "large": bench_large,
+    "head-of-line": bench_head_of_line,
 }
 
 
