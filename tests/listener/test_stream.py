@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pika
+import pytest
 
 from listener.publish import TaskSink
 from listener.stream import _tasks
@@ -38,3 +39,48 @@ def test_a_malformed_stream_event_is_parked_and_a_good_one_read(rabbit):
         sink.close()
         with contextlib.suppress(pika.exceptions.AMQPError):
             connection.close()
+
+
+def test_a_silent_notification_stream_fails_within_the_read_timeout(monkeypatch):
+    """A connection that went dead without a close (MinIO writes a keep-alive every 0.5 s,
+    so silence means the flow is gone) ends the stream, and `follow` reconnects: it
+    must not sit on it forever."""
+    import threading
+    import time
+
+    import urllib3
+
+    from listener.stream import minio_client
+    from replicator import config
+    from tests.replicator.s3.conftest import Peer, Server
+
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    gone = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.request()
+        peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n \r\n")
+        gone.wait(30)  # then nothing, and no close: a dead flow
+
+    server = Server(script)
+    try:
+        env = {
+            "MINIO_URL": server.url(),
+            "MINIO_ACCESS_KEY": "minio",
+            "MINIO_SECRET_KEY": "minio-secret",
+            "BUCKET_PAIR": "minio/bbb:aws/ccc",
+            "MIRROR_READ_TIMEOUT": "2",
+        }
+        client = minio_client(config.load(env, need_target=False))
+        started = time.monotonic()
+        with (
+            pytest.raises(urllib3.exceptions.HTTPError),
+            client.listen_bucket_notification("bbb") as stream,
+        ):
+            for _ in stream:
+                pass
+        assert time.monotonic() - started < 20
+    finally:
+        gone.set()
+        server.close()
