@@ -204,7 +204,7 @@ def test_stream_listener_goes_through_the_proxy(
     src, dst = buckets("source"), buckets("target")
     env = proxy_env(stack, forward_proxy, route, src, dst, MIRROR_EXCLUDE="*.pad")
     listener = spawn_cli("listen", "--mode", "stream", **env)
-    spawn_cli("work", **env, MIRROR_MAX_WORKERS="4")
+    worker = spawn_cli("work", **env, MIRROR_MAX_WORKERS="4")
     source, target = stack.source.client(), stack.target.client()
     pads = iter(range(1_000_000))
 
@@ -216,9 +216,10 @@ def test_stream_listener_goes_through_the_proxy(
         return any(key.startswith("probe/") for key in target_keys(target, dst))
 
     try:
-        local_stack.wait_until(connected, 90, "the stream listener to connect via the proxy")
+        local_stack.wait_until(connected, 90, "a probe copied (the listener connected)")
     except TimeoutError as error:
-        raise AssertionError(f"{error}:\n{listener.log.read_text()[-3000:]}") from None
+        tails = [f"{p.args[0]}: {p.log.read_text()[-1500:]}" for p in (listener, worker)]
+        raise AssertionError("\n".join([str(error), *tails])) from None
     wanted = {k: v for k, v in objects().items() if k.startswith("small/")}
     upload(source, src, wanted)
 
