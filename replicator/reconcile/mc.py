@@ -362,11 +362,9 @@ def private_dir() -> Path:
     try:
         return Path(tempfile.mkdtemp(prefix="minio-s3-mirror-mc-"))
     except OSError as exc:
-        where = os.environ.get("TMPDIR") or "/tmp"
-        reason = exc.strerror or "no usable temporary directory"
         raise NoTempDir(
-            f"cannot create mc's private config directory in {where} ({reason}): "
-            "mount a writable /tmp (an emptyDir or tmpfs) or set TMPDIR to a writable directory"
+            f"cannot create mc's private config directory ({exc.strerror or exc}): mount a "
+            "writable /tmp (an emptyDir or tmpfs) or set TMPDIR to a writable directory"
         ) from None
 
 

@@ -37,12 +37,17 @@ def variables(stack, pair: str, **extra: str) -> dict[str, str]:
     return {**env, "BUCKET_PAIR": pair, **extra}
 
 
+# podman runs the HEALTHCHECK from systemd timers, which this machine has not: off here,
+# `podman healthcheck run` runs it on demand.
+NO_TIMER = ["--health-interval", "disable"]
+
+
 def run(
     image: Podman, env: dict[str, str], *flags: str, command: tuple[str, ...] = (), timeout=300
 ):
     names = [arg for name in env for arg in ("-e", name)]
     return image(
-        "run", "--rm", "--network", "host", *flags, *names, IMAGE, *command,
+        "run", "--rm", "--network", "host", *NO_TIMER, *flags, *names, IMAGE, *command,
         check=False, timeout=timeout, env={**image.env, **env},
     )  # fmt: skip
 
@@ -104,11 +109,13 @@ def test_without_a_writable_tmp_reconcile_says_so_in_one_line(image, stack, buck
     result = run(image, variables(stack, f"minio/{src}:aws/{dst}"), *no_tmp)
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "error: cannot create mc's private config directory in /tmp (No such file or "
-        "directory): mount a writable /tmp (an emptyDir or tmpfs) or set TMPDIR to a "
-        "writable directory"
-    ], result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot create mc's private config directory (No usable "
+                           "temporary directory found in ['/tmp', "), last  # fmt: skip
+    assert last.endswith("mount a writable /tmp (an emptyDir or tmpfs) or set TMPDIR to a "
+                         "writable directory"), last  # fmt: skip
+    for noise in ("Traceback", "interrupted"):
+        assert noise not in result.stderr, result.stderr
 
 
 def test_hardened_listener_and_worker_replicate_and_stop_promptly(
@@ -130,7 +137,7 @@ def test_hardened_listener_and_worker_replicate_and_stop_promptly(
         own = {**env, "METRICS_ADDRESS": f"127.0.0.1:{local_stack.free_port()}"}
         flags = [arg for key in own for arg in ("-e", key)]
         image(
-            "run", "--detach", "--name", name, "--network", "host", *HARDENED, *flags,
+            "run", "--detach", "--name", name, "--network", "host", *NO_TIMER, *HARDENED, *flags,
             IMAGE, *command, env={**image.env, **own},
         )  # fmt: skip
         names[command[0]] = name
