@@ -18,6 +18,7 @@ from .transport import DeadlineExceeded, Network
 
 _CODE = re.compile(rb"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+SKEW_REFUSED_S = 900  # S3 refuses requests signed 15 minutes off its clock
 _SERVER_TIME = re.compile(rb"<ServerTime>([^<]+)</ServerTime>")
 
 
@@ -33,6 +34,8 @@ def from_answer(side: str, status: int, reason: str, headers: dict, body: bytes)
     message = found.group(1).decode(errors="replace") if found else reason
     if code == "RequestTimeTooSkewed":
         return skewed(side, headers, body)
+    if status == 403 and not body and abs(skew_s(headers) or 0) > SKEW_REFUSED_S:
+        return skewed(side, headers)  # a HEAD's 403 has no code: its Date tells why
     return answer(side, code, status, message, headers.get("x-amz-bucket-region", ""))
 
 

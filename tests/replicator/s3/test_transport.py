@@ -316,3 +316,12 @@ def test_the_clock_offset_comes_from_the_endpoints_date(serve, refused):
     reply = f"HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: {len(body)}\r\n\r\n"
     offset = source(serve(answers(reply.encode() + body)).url()).clock_offset("bbb")
     assert offset is not None and 1190 < offset < 1300
+
+
+def test_a_bodiless_403_from_a_skewed_endpoint_is_clock_skew(serve):
+    """S3 answers a HEAD it refuses as too skewed with a bare 403: its Date tells why."""
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 1200))
+    reply = f"HTTP/1.1 403 Forbidden\r\nDate: {date}\r\nContent-Length: 0\r\n\r\n".encode()
+    error = failure(lambda: source(serve(answers(reply)).url()).head("bbb", "k"))
+    assert error.kind is Kind.PERMANENT and "clock skew: this host is 1" in error.reason
+    assert "s behind" in error.reason
