@@ -29,8 +29,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY replicator ./replicator
 COPY listener ./listener
-# The build backend is the locked setuptools already in the virtualenv.
+# The build backend is the locked setuptools already in the virtualenv; it and pip are
+# not needed to run, so they stay out of the image.
 RUN /opt/minio-s3-mirror/bin/pip install --no-deps --no-build-isolation . \
+ && /opt/minio-s3-mirror/bin/python -m pip uninstall --yes --quiet setuptools pip \
  && /opt/minio-s3-mirror/bin/minio-s3-mirror --help >/dev/null
 
 FROM ${PYTHON_IMAGE}
