@@ -18,6 +18,21 @@ import stack as local_stack  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("minio-s3-mirror"))
 _names = itertools.count()
+# Fixtures that start part of the local stack (MinIO, RabbitMQ, moto): a test using any
+# of them, directly or through another fixture, is marked `stack`, so
+# `pytest -m "not stack"` runs the unit tests alone (docs/development.md).
+STACK_FIXTURES = frozenset({"stack", "rabbit", "aws_like"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "stack: starts part of the local stack (automatic)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = STACK_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if uses or item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.stack)
 
 
 @pytest.fixture(scope="session")

@@ -259,7 +259,12 @@ def test_the_aws_like_target_gets_the_probe_with_storage_class_and_encryption(
 
 
 def readme_lifecycle_rule() -> dict:
-    section = REPO.joinpath("README.md").read_text().split("### `check`")[1].split("\n### ")[0]
+    section = (
+        REPO.joinpath("docs", "operations.md")
+        .read_text()
+        .split("### `check`")[1]
+        .split("\n### ")[0]
+    )
     (block,) = re.findall(r"```json\n(.*?)```", section, re.DOTALL)
     return json.loads(block)
 

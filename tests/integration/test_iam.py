@@ -1,4 +1,4 @@
-"""The README's least-privilege policies, on real MinIO users: enough, and no more."""
+"""The least-privilege policies of docs/kubernetes.md, on real MinIO users: enough, and no more."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ pytestmark = pytest.mark.integration
 
 
 def readme_policies() -> tuple[str, str]:
-    """The target and source policy JSON blocks, in README order."""
-    section = REPO.joinpath("README.md").read_text().split("### Least-privilege policies")[1]
+    """The target and source policy JSON blocks, in the page's order."""
+    section = (
+        REPO.joinpath("docs", "kubernetes.md").read_text().split("### Least-privilege policies")[1]
+    )
     target, source = re.findall(r"```json\n(.*?)```", section, re.DOTALL)[:2]
     return target, source
 
@@ -116,7 +118,9 @@ def test_the_policies_refuse_what_they_do_not_grant(stack, notifying, least_priv
 
 def readme_delete_statement() -> str:
     """The opt-in `s3:DeleteObject` statement (the section's third JSON block)."""
-    section = REPO.joinpath("README.md").read_text().split("### Least-privilege policies")[1]
+    section = (
+        REPO.joinpath("docs", "kubernetes.md").read_text().split("### Least-privilege policies")[1]
+    )
     return re.findall(r"```json\n(.*?)```", section, re.DOTALL)[2]
 
 
