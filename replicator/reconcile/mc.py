@@ -61,6 +61,15 @@ PASSED_VARIABLES = frozenset(
     }
 )
 _WEB_IDENTITY = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")  # IRSA sets both
+# Where Go looks for the system roots on Linux when SSL_CERT_FILE is unset (crypto/x509).
+GO_CERT_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+)
 STOP_GRACE_S = 3.0  # between SIGTERM and SIGKILL
 _STDERR_LINES = 20
 _running: set[McRun] = set()  # every mc not yet reaped, for stop_all()
@@ -310,7 +319,7 @@ class Mc:
         # mc's flag defaults look up the home dir at start-up (a fatal error for a user id
         # without a passwd entry and no HOME): point it at the private dir, never the real one.
         self.env["HOME"] = str(config_dir)
-        install_cas(settings, config_dir)
+        install_cas(settings, config_dir, self.env)
 
     def command(self, *args: str) -> list[str]:
         # Global flags before the subcommand: mc reads --config-dir only there.
@@ -331,13 +340,19 @@ def ca_bundles(settings: Settings) -> dict[str, str]:
     endpoints, on top of the system roots (SSL_CERT_FILE)."""
     found = {
         "mirror-ca-bundle.crt": settings.ca_bundle,
-        "source-ca-bundle.crt": getattr(settings, "source_ca_bundle", None),
-        "target-ca-bundle.crt": getattr(settings, "target_ca_bundle", None),
+        "source-ca-bundle.crt": settings.source_ca_bundle,
+        "target-ca-bundle.crt": settings.target_ca_bundle,
     }
     return {name: path for name, path in found.items() if path}
 
 
-def install_cas(settings: Settings, config_dir: Path) -> None:
+def install_cas(settings: Settings, config_dir: Path, env: dict[str, str]) -> None:
+    """The bundles into mc's certs/CAs, and into the SSL_CERT_FILE of its environment.
+
+    mc hands certs/CAs to its direct TLS connections only: through HTTPS_PROXY, Go checks
+    the tunnelled connection against the system roots alone. So mc's SSL_CERT_FILE names a
+    file in the private dir holding the system roots it would have used plus the bundles.
+    """
     bundles = ca_bundles(settings)
     if not bundles:
         return
@@ -345,6 +360,14 @@ def install_cas(settings: Settings, config_dir: Path) -> None:
     cas.mkdir(parents=True, exist_ok=True)
     for name, path in bundles.items():
         shutil.copyfile(path, cas / name)
+    system = env.get("SSL_CERT_FILE") or next((f for f in GO_CERT_FILES if os.path.isfile(f)), "")
+    parts = [Path(path).read_bytes() for path in bundles.values()]
+    if system:
+        with suppress(OSError):  # unreadable system roots: the bundles alone
+            parts.insert(0, Path(system).read_bytes())
+    roots = config_dir / "certs" / "roots.pem"
+    roots.write_bytes(b"\n".join(parts))
+    env["SSL_CERT_FILE"] = str(roots)
 
 
 @contextmanager

@@ -41,6 +41,16 @@ FAILED_TO_SET_ALIAS = Cause(
         "check that the access key and secret key are valid",
     ),
 )
+UNTRUSTED_CERTIFICATE = Cause(
+    "Failed to set alias",
+    "the endpoint's TLS certificate is not signed by a CA this machine trusts",
+    (
+        "for a private CA: MINIO_CA_BUNDLE (source), AWS_CA_BUNDLE (target) or "
+        "MIRROR_CA_BUNDLE (both) naming its PEM file",
+        "or add the CA to the system store (SSL_CERT_FILE)",
+        "check that the certificate names the host in MINIO_URL / AWS_URL",
+    ),
+)
 FAILED_TO_ACCESS_ALIAS = Cause(
     "Failed to access alias",
     "connected, but access is refused",
@@ -113,6 +123,11 @@ _RULES: tuple[tuple[re.Pattern[str], Cause, str], ...] = tuple(
             r"Access Key Id you provided",
             FAILED_TO_SET_ALIAS,
             "credentials rejected",
+        ),
+        (
+            r"x509:|certificate signed by unknown authority|failed to verify certificate",
+            UNTRUSTED_CERTIFICATE,
+            "certificate not trusted",
         ),
         (
             r"connection refused|no such host|i/o timeout|dial tcp|connection reset|"

@@ -69,21 +69,24 @@ def test_every_ca_bundle_reaches_mcs_certs_dir(tmp_path, monkeypatch):
         path.write_text(f"-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n")
         bundles[name] = str(path)
     settings = config.load({**PLAIN, **bundles})
-    expected = {bundles["MIRROR_CA_BUNDLE"]}
-    # MINIO_CA_BUNDLE and AWS_CA_BUNDLE where the configuration reads them.
-    for field, name in (
-        ("source_ca_bundle", "MINIO_CA_BUNDLE"),
-        ("target_ca_bundle", "AWS_CA_BUNDLE"),
-    ):
-        if hasattr(settings, field):
-            expected.add(bundles[name])
+    expected = set(bundles.values())
+
+    system = tmp_path / "system-roots.pem"
+    system.write_text("-----BEGIN CERTIFICATE-----\nSYSTEM\n-----END CERTIFICATE-----\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(system))
 
     with mc.session(settings) as run:
         cas = run.config_dir / "certs" / "CAs"
         copied = {p.read_text() for p in cas.iterdir()}
         mode = stat.S_IMODE(run.config_dir.stat().st_mode)
+        roots = Path(run.env["SSL_CERT_FILE"])
+        combined = roots.read_text()
 
     assert copied == {Path(p).read_text() for p in expected}
+    # Through HTTPS_PROXY mc verifies with SSL_CERT_FILE only: the system's roots and ours.
+    assert roots.parent.parent == run.config_dir
+    for name in ("SYSTEM", *bundles):
+        assert f"\n{name}\n" in combined, name
     assert mode == 0o700
     assert not run.config_dir.exists()  # removed with its copies
 

@@ -55,3 +55,15 @@ def test_captured_failures_map_to_seed_causes(name, cause, detail):
 def test_unknown_failure_is_the_generic_mc_failure():
     assert troubleshoot.diagnose("something new") == (troubleshoot.MC_FAILED, "")
     assert troubleshoot.MC_FAILED.title == "Mirror process closed with code: 1"
+
+
+def test_an_untrusted_certificate_names_the_ca_variables():
+    text = (
+        'Unable to stat source `minio/b`. Get "https://127.0.0.1:9000/b/?location=": tls: '
+        "failed to verify certificate: x509: certificate signed by unknown authority"
+    )
+
+    cause, detail = troubleshoot.diagnose(text)
+
+    assert (cause, detail) == (troubleshoot.UNTRUSTED_CERTIFICATE, "certificate not trusted")
+    assert "MINIO_CA_BUNDLE" in cause.hints[0] and "AWS_CA_BUNDLE" in cause.hints[0]
