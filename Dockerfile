@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # minio-s3-mirror: `docker run -e ... minio-s3-mirror:latest` mirrors every configured pair once.
-# Hardened, as the manifests and `make test` run it (README: Docker):
+# Hardened, as the manifests run it and tests/image/test_image.py runs it too:
 #   docker run --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges \
 #     --user 12345:0 -e ... minio-s3-mirror:latest
 #
