@@ -29,7 +29,7 @@ UV_VERSION := 0.13.10
 lock: install
 	$(VENV)/pip install -q "uv==$(UV_VERSION)"
 	$(VENV)/uv pip compile pyproject.toml deploy/image/build-requirements.in --universal \
-		--python-version 3.11 --generate-hashes --custom-compile-command "make lock" \
+		--python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet \
 		--output-file deploy/image/requirements.lock
 
 # The image, built with podman on stand-in bases as tests/image does (prints its size).
