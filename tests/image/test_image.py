@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
+from pathlib import Path
 
 import pytest
 import stack as local_stack
@@ -177,3 +179,11 @@ def logs(image: Podman, names: dict[str, str]) -> str:
         f"--- {command}:\n{image('logs', name, check=False).stderr[-3000:]}"
         for command, name in names.items()
     )
+
+
+def test_the_dockerfiles_hardened_line_is_the_one_run_here():
+    text = (Path(__file__).parents[2] / "Dockerfile").read_text()
+    documented = re.search(r"#\s+docker run (.*?) \\\n#\s+(.*?) -e \.\.\.", text)
+    assert documented, "the Dockerfile's header lost its hardened `docker run` line"
+    flags = f"{documented[1]} {documented[2]}".split()
+    assert flags == [flag for flag in HARDENED if flag != "--read-only-tmpfs=false"]
