@@ -190,6 +190,7 @@ class Settings:
     webhook_max_connections: int = 128
     metrics_address: tuple[str, int] = ("0.0.0.0", 9100)
     pushgateway_url: str | None = None  # MIRROR_PUSHGATEWAY_URL: reconcile pushes its result
+    rabbitmq_management_url: str | None = None  # RABBITMQ_MANAGEMENT_URL: status reads unacked
     digest_interval: int = 300
     reconcile_timeout_s: int = RECONCILE_TIMEOUT_S
     retry_delays: tuple[int, ...] = RETRY_DELAYS_S
@@ -553,6 +554,7 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         ),
         metrics_address=env.get("METRICS_ADDRESS", parse_address, ("0.0.0.0", 9100)),
         pushgateway_url=env.get("MIRROR_PUSHGATEWAY_URL", parse_url_with_path, None),
+        rabbitmq_management_url=env.get("RABBITMQ_MANAGEMENT_URL", parse_management_url, None),
         digest_interval=env.get(
             "MIRROR_DIGEST_INTERVAL", parse_int_range(1, MAX_INTERVAL_S, 900), 300
         ),
@@ -586,6 +588,15 @@ def parse_delays(name: str, value: str) -> tuple[int, ...]:
     if not 1 <= len(delays) <= 10 or list(delays) != sorted(set(delays)):
         raise ConfigError(name, value, expected)
     return delays
+
+
+def parse_management_url(name: str, value: str) -> str:
+    """RabbitMQ's management API; its user and password are RABBITMQ_URL's."""
+    expected = "a URL without user:password@ (example: http://rabbitmq:15672/)"
+    parts = _split_url(name, value, ("http", "https"), expected)
+    if "@" in parts.netloc:
+        raise ConfigError(name, value, expected + "; the login is RABBITMQ_URL's")
+    return value.rstrip("/")
 
 
 def parse_url_with_path(name: str, value: str) -> str:
@@ -994,6 +1005,14 @@ VARIABLES: tuple[Variable, ...] = (
         ("reconcile",),
         "Prometheus Pushgateway that reconcile pushes its result to",
         _OBS,
+    ),
+    _v(
+        "RABBITMQ_MANAGEMENT_URL",
+        "none",
+        "URL without credentials (`http://rabbitmq:15672/`)",
+        ("status",),
+        "RabbitMQ's management API, for the unacked counts `status` shows (login: RABBITMQ_URL's)",
+        _MQ,
     ),
     _v(
         "MIRROR_DELETE",

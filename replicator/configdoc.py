@@ -57,9 +57,10 @@ FOOTER = """\
 
 `MIRROR_TLS_VERIFY=false` turns certificate checks off for both endpoints (tests only).
 `MIRROR_CA_BUNDLE` adds CA certificates to the trusted roots of both endpoints;
-`MINIO_CA_BUNDLE` and `AWS_CA_BUNDLE` add them for one side. `SSL_CERT_FILE` replaces
-the system's roots. `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` (lower-case spellings
-too) route every S3 request, and `mc` in `reconcile` reads the same variables.
+`MINIO_CA_BUNDLE` and `AWS_CA_BUNDLE` add them for one side (`reconcile`'s `mc` trusts
+all three bundles for both sides: mc has one CA directory). `SSL_CERT_FILE` replaces the
+system's roots. `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` (lower-case spellings too)
+route every S3 request, and `mc` in `reconcile` reads the same variables.
 """
 
 

@@ -9,14 +9,17 @@ last reconcile result where one was recorded (reconcile/record.py). Exit 0 when 
 
 from __future__ import annotations
 
+import base64
 import collections
 import concurrent.futures
 import contextlib
 import datetime
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from urllib.parse import quote, unquote, urlsplit
 
 import pika
 
@@ -58,6 +61,7 @@ class Report:
     endpoints: list[Side] = field(default_factory=list)
     reconcile: dict[str, dict[str, object]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # shown, but not a degradation
 
     @property
     def healthy(self) -> bool:
@@ -145,6 +149,40 @@ def peek_head(settings: Settings, report: Report, now: float) -> None:
         report.oldest_deliveries = int((properties.headers or {}).get("x-delivery-count", 0))
 
 
+def management_unacked(settings: Settings) -> dict[str, int]:
+    """queue name -> messages delivered and not yet acked, from RabbitMQ's management API
+    (AMQP does not tell). The login and vhost are RABBITMQ_URL's (its first node's)."""
+    first = urlsplit(settings.rabbitmq_url.split(",")[0].strip())
+    user, password = unquote(first.username or "guest"), unquote(first.password or "guest")
+    vhost = unquote(first.path[1:]) if first.path not in ("", "/") else "/"
+    url = (
+        f"{settings.rabbitmq_management_url}/api/queues/{quote(vhost, safe='')}"
+        "?columns=name,messages_unacknowledged"
+    )
+    login = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {login}"})
+    with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as answer:
+        queues = json.load(answer)
+    return {q["name"]: int(q.get("messages_unacknowledged") or 0) for q in queues}
+
+
+def read_unacked(settings: Settings, report: Report) -> None:
+    if not settings.rabbitmq_management_url:
+        report.notes.append(
+            "unacked counts need RabbitMQ's management API (set RABBITMQ_MANAGEMENT_URL)"
+        )
+        return
+    try:
+        unacked = management_unacked(settings)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # urllib's errors are OSErrors
+        where = mask(settings.rabbitmq_management_url, url=True)
+        report.notes.append(f"unacked counts unknown: {where}: {mask(str(exc))[:200]}")
+        return
+    for queue in (report.work, *report.retries, report.dead):
+        if queue is not None:
+            queue.unacked = unacked.get(queue.name)
+
+
 def probe_endpoints(settings: Settings) -> list[Side]:
     """Whether source and target answer, asked through the S3 layer the copies use."""
     from .s3 import S3
@@ -180,6 +218,8 @@ def collect(settings: Settings, now: float | None = None, *, peek: bool = True) 
     except (pika.exceptions.AMQPError, OSError) as exc:
         where = mask(settings.rabbitmq_url, url=True)
         report.problems.append(f"RabbitMQ at {where}: {mask(broker.describe(exc))}")
+    if report.work is not None:
+        read_unacked(settings, report)
     report.endpoints = probe_endpoints(settings)
     judge(report)
     return report
@@ -227,15 +267,14 @@ def render(report: Report, as_json: bool, now: float | None = None) -> str:
     lines = [f"minio-s3-mirror status: {'healthy' if report.healthy else 'DEGRADED'}"]
     lines.append("queues:")
     if report.work:
-        unacked = "unknown" if report.work.unacked is None else report.work.unacked
+        unacked = "?" if report.work.unacked is None else report.work.unacked
         lines.append(
-            f"  work    {report.work.ready} ready, {report.work.consumers} consumer(s)"
-            + ("" if unacked == "unknown" else f", {unacked} unacked")
+            f"  work    {report.work.ready} ready, {unacked} unacked, "
+            f"{report.work.consumers} consumer(s)"
         )
         for tier in report.retries:
-            lines.append(
-                f"  {tier.name.removeprefix(topology.WORK_QUEUE + '.')} {tier.ready} waiting to retry"
-            )
+            name = tier.name.removeprefix(f"{topology.WORK_QUEUE}.")
+            lines.append(f"  {name} {tier.ready} waiting to retry")
     if report.dead:
         lines.append(f"  dead    {report.dead.ready} dead-lettered")
         for reason, count in report.dead_reasons:
@@ -262,6 +301,7 @@ def render(report: Report, as_json: bool, now: float | None = None) -> str:
         )
         if last.get("first_failure"):
             lines.append(f"    first failure: {last['first_failure']}")
+    lines.extend(f"note: {note}" for note in report.notes)
     if report.problems:
         lines.append("degraded because:")
         lines.extend(f"  - {problem}" for problem in report.problems)

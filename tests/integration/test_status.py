@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Iterator
 
 import pika
 import pytest
@@ -120,3 +121,55 @@ def test_status_is_healthy_when_everything_answers_and_nothing_waits(
     assert report["healthy"] is True and report["problems"] == []
     assert report["reconcile"][f"minio/{src}:aws/{dst}"]["ok"] is True
     assert "minio-s3-mirror status: healthy" in text
+
+
+@pytest.fixture
+def managed_rabbit(stack) -> Iterator[tuple[local_stack.RabbitNode, str]]:
+    """A RabbitMQ node of its own with the management plugin (and its HTTP API) on."""
+    node = local_stack.RabbitNode(stack.root, f"rabbit-management-{local_stack.free_port()}")
+    port = local_stack.free_port()
+    (node.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+    with open(node.dir / "rabbitmq.conf", "a") as conf:
+        conf.write(f"management.tcp.port = {port}\nmanagement.tcp.ip = 127.0.0.1\n")
+    node.start()
+    yield node, f"http://127.0.0.1:{port}/"
+    node.stop()
+
+
+def test_status_counts_the_tasks_workers_hold_unacked(
+    stack, notifying, buckets, procs, managed_rabbit, run_cli
+):
+    node, management = managed_rabbit
+    src, dst = buckets("source"), buckets("target")
+    down = f"http://127.0.0.1:{local_stack.free_port()}"
+    env = {"RABBITMQ_URL": node.url, "AWS_URL": down, **pair_env(src, dst)}
+    # One worker, one copy thread, a target that does not answer: it holds what it takes.
+    connection = pika.BlockingConnection(pika.URLParameters(node.url))
+    topology.declare(connection.channel())
+    connection.close()
+    worker = procs("work", **env, MIRROR_MAX_WORKERS="1")
+    publish(node, *(Task(bucket=src, key=f"k{i}", origin="backfill").to_json() for i in range(8)))
+    status_env = {
+        "MINIO_URL": notifying.url,
+        "MINIO_ACCESS_KEY": notifying.access_key,
+        "MINIO_SECRET_KEY": notifying.secret_key,
+        "RABBITMQ_MANAGEMENT_URL": management,
+        **env,
+    }
+
+    def held() -> dict | None:
+        done = run_cli("status", "--json", "--no-peek", env=status_env, timeout=120)
+        report = json.loads(done.stdout)
+        work = report["work"]
+        # The API's counts are sampled (every 5 s): wait until they add up.
+        return (
+            report if (work["unacked"] or 0) > 0 and work["ready"] + work["unacked"] == 8 else None
+        )
+
+    report = local_stack.wait_until(held, 60, "tasks held unacked by the worker")
+    assert report["work"]["consumers"] == 1
+    assert report["notes"] == []
+    text = run_cli("status", "--no-peek", env=status_env, timeout=120).stdout
+    unacked = report["work"]["unacked"]
+    assert f"{unacked} unacked, 1 consumer(s)" in text or "unacked, 1 consumer(s)" in text
+    worker.stop()

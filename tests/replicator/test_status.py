@@ -77,7 +77,7 @@ def test_the_text_report_gives_every_part():
     text = status.render(judged(report), as_json=False, now=NOW)
     assert text.splitlines()[0] == "minio-s3-mirror status: DEGRADED"
     for part in (
-        "work    12 ready, 0 consumer(s)",
+        "work    12 ready, ? unacked, 0 consumer(s)",
         "retry.5s 0 waiting to retry",
         "dead    4 dead-lettered",
         "3 x target 403 AccessDenied",
@@ -208,3 +208,105 @@ def test_nothing_answering_is_degraded_and_no_secret_is_shown():
         out = status.render(report, as_json)
         for secret in ("minio-secret-value", "aws-secret-value", "rabbit-password"):
             assert secret not in out
+
+
+class FakeManagement:
+    """RabbitMQ's management API, as far as `status` asks it: GET /api/queues/<vhost>."""
+
+    def __init__(self, queues: list[dict]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.asked: list[tuple[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.asked.append((self.path, self.headers.get("Authorization", "")))
+                body = json.dumps(queues).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def management_settings(url: str, rabbitmq: str) -> config.Settings:
+    return config.load(
+        {
+            "MINIO_URL": "http://127.0.0.1:1",
+            "MINIO_ACCESS_KEY": "a",
+            "MINIO_SECRET_KEY": "s",
+            "AWS_URL": "http://127.0.0.1:1",
+            "AWS_ACCESS_KEY": "a",
+            "AWS_SECRET_KEY": "s",
+            "BUCKET_PAIR": "minio/aaa:aws/bbb",
+            "RABBITMQ_URL": rabbitmq,
+            "RABBITMQ_MANAGEMENT_URL": url,
+        }
+    )
+
+
+def test_unacked_counts_come_from_the_management_api_with_rabbitmqs_login():
+    import base64
+
+    api = FakeManagement(
+        [
+            {"name": "minio-s3-mirror.tasks", "messages_unacknowledged": 64},
+            {"name": "minio-s3-mirror.tasks.retry.5s", "messages_unacknowledged": 0},
+            {"name": "other", "messages_unacknowledged": 9},
+        ]
+    )
+    try:
+        settings = management_settings(api.url, "amqp://mirror:p%40ss@127.0.0.1:1/prod%2Fa")
+        report = healthy()
+        status.read_unacked(settings, report)
+    finally:
+        api.stop()
+    assert report.work.unacked == 64 and report.retries[0].unacked == 0
+    assert report.dead.unacked is None  # not in the answer: unknown, not 0
+    ((path, auth),) = api.asked
+    assert path.startswith("/api/queues/prod%2Fa?")
+    assert base64.b64decode(auth.removeprefix("Basic ")) == b"mirror:p@ss"
+    assert report.notes == []
+
+
+def test_without_the_management_api_unacked_is_unknown_and_said_so():
+    port = closed_port()
+    unset = config.load(
+        {
+            "MINIO_URL": "http://127.0.0.1:1",
+            "MINIO_ACCESS_KEY": "a",
+            "MINIO_SECRET_KEY": "s",
+            "AWS_URL": "http://127.0.0.1:1",
+            "AWS_ACCESS_KEY": "a",
+            "AWS_SECRET_KEY": "s",
+            "BUCKET_PAIR": "minio/aaa:aws/bbb",
+        }
+    )
+    report = healthy()
+    status.read_unacked(unset, report)
+    assert report.work.unacked is None
+    assert "set RABBITMQ_MANAGEMENT_URL" in report.notes[0]
+    down = management_settings(f"http://127.0.0.1:{port}", "amqp://u:secret-pw@127.0.0.1:1/")
+    report = healthy()
+    status.read_unacked(down, report)
+    assert report.work.unacked is None and report.healthy
+    assert report.notes[0].startswith(f"unacked counts unknown: http://127.0.0.1:{port}")
+    assert "secret-pw" not in status.render(report, as_json=False)
+
+
+def test_a_management_url_with_a_login_is_refused():
+    with pytest.raises(config.ConfigError, match="RABBITMQ_MANAGEMENT_URL"):
+        management_settings("http://u:p@rabbit:15672/", "amqp://u:p@rabbit:5672/")
