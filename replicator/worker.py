@@ -11,7 +11,6 @@ one decision point.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import queue
 import random
@@ -46,6 +45,11 @@ PREFETCH_PER_THREAD = 4  # waiting messages per copy thread: hide the ack/delive
 # (S1, 16 threads). A worker with nothing else outstanding acks at once: a trickle of
 # events is never held back.
 ACK_WAIT_S = 0.05  # the longest a finished delivery otherwise waits for its ack
+# Finished deliveries behind an unfinished one are acked one by one (a `multiple` ack
+# cannot skip it) only once that copy has run this long, or half the window waits: copies
+# of a similar size finish slightly out of order all the time, and one batch ack a moment
+# later is cheaper for RabbitMQ than many single ones.
+LONG_COPY_S = 0.25
 # A task moved to a delay queue during an outage carries the (wall-clock) time it was
 # first held in it, so that it is counted once per outage, however often it comes back.
 HELD_SINCE = "x-mirror-held-since"
@@ -152,6 +156,7 @@ class Delivery:
     redelivered: bool = False  # RabbitMQ delivered it before (to a worker that died)
     decision: Decision | None = None  # set by the copy thread
     subject: str = ""
+    delivered_at: float = 0.0  # monotonic
     settled_at: float = 0.0  # when the connection thread acted on it: may be acked since
     held_at: float = 0.0  # time.time() it was first held in the current outage, if it was
 
@@ -385,6 +390,7 @@ class Worker:
                 self._delivered = time.monotonic()
                 headers = dict(properties.headers or {})
                 delivery = Delivery(method.delivery_tag, body, headers, method.redelivered)
+                delivery.delivered_at = self._delivered
                 self._outstanding[delivery.tag] = delivery
                 metrics.UNACKED.set(len(self._outstanding))
                 future = pool.submit(self.handle, delivery)
@@ -449,49 +455,57 @@ class Worker:
         self._ack(channel)
 
     def _ack(self, channel) -> None:
-        """Ack finished deliveries in batches, never behind an unfinished one.
+        """Ack finished deliveries in batches, never behind an unfinished one for long.
 
         `multiple=True` acks every tag up to the one given, so it covers only the run of
         finished deliveries at the head of the window: at once when nothing else is
         outstanding, else once the run fills half the prefetch window or its oldest has
-        waited ACK_WAIT_S. A finished delivery behind a copy still under way (a large
-        object, a slow source) is acked on its own once it has waited ACK_WAIT_S: a long
-        copy holds one slot of the window, never the window.
+        waited ACK_WAIT_S. Finished deliveries behind a copy still under way are acked one
+        by one, after ACK_WAIT_S, once that copy has run LONG_COPY_S (a large object, a
+        slow source) or half the window waits: a long copy holds one slot of the window,
+        never the window.
         """
         if not self._unacked:
             return
         now = time.monotonic()
-        run = last = 0  # the finished run at the head of the window, and its last tag
-        head, oldest = True, now
-        behind: list[int] = []  # finished after an unfinished one and waited ACK_WAIT_S
-        for tag, delivery in self._outstanding.items():
+        run: list[Delivery] = []  # the finished run at the head of the window
+        first = None  # the first unfinished delivery
+        behind: list[Delivery] = []  # finished after it
+        for delivery in self._outstanding.values():
             if not delivery.settled_at:
-                head = False
-                continue
-            oldest = min(oldest, delivery.settled_at)
-            if head:
-                run, last = run + 1, tag
-            elif now - delivery.settled_at >= ACK_WAIT_S:
-                behind.append(tag)
-        caught_up = run == len(self._outstanding)  # nothing outstanding after the run
+                first = first or delivery
+            elif first is None:
+                run.append(delivery)
+            else:
+                behind.append(delivery)
         half = self.concurrency * PREFETCH_PER_THREAD // 2
-        if run and (caught_up or run >= half or now - oldest >= ACK_WAIT_S):
-            for tag in list(itertools.islice(self._outstanding, run)):
-                del self._outstanding[tag]
-            channel.basic_ack(last, multiple=True)
-            self._unacked -= run
-            self.acks["batches"] += 1
-            self.acks["deliveries"] += run
-        for tag in behind:
-            del self._outstanding[tag]
-            channel.basic_ack(tag)
-        self._unacked -= len(behind)
-        self.acks["alone"] += len(behind)
-        self.acks["deliveries"] += len(behind)
-        self._ack_due = 0.0
-        if self._unacked:
-            waiting = (d.settled_at for d in self._outstanding.values() if d.settled_at)
-            self._ack_due = min(waiting) + ACK_WAIT_S
+        dues = []  # when to look again
+        if run:
+            due = min(d.settled_at for d in run) + ACK_WAIT_S
+            if first is None or len(run) >= half or now >= due:
+                for delivery in run:
+                    del self._outstanding[delivery.tag]
+                channel.basic_ack(run[-1].tag, multiple=True)
+                self.acks["batches"] += 1
+                self.acks["deliveries"] += len(run)
+                self._unacked -= len(run)
+            else:
+                dues.append(due)
+        if behind:
+            # first is set: a long copy (or a crowd behind it) makes them go one by one.
+            long_at = first.delivered_at + LONG_COPY_S
+            blocked = now >= long_at or len(behind) >= half
+            for delivery in behind:
+                due = delivery.settled_at + ACK_WAIT_S
+                if blocked and now >= due:
+                    del self._outstanding[delivery.tag]
+                    channel.basic_ack(delivery.tag)
+                    self.acks["alone"] += 1
+                    self.acks["deliveries"] += 1
+                    self._unacked -= 1
+                else:
+                    dues.append(due if blocked else max(due, long_at))
+        self._ack_due = min(dues) if dues else 0.0
         metrics.UNACKED.set(len(self._outstanding))
 
     def _act(self, channel, delivery: Delivery) -> None:

@@ -151,6 +151,7 @@ def test_after_an_outage_longer_than_the_hold_ceiling_copies_resume_at_once(
         poll=0.02,
     )
     resumed = time.monotonic() - back
+    print(f"copies resumed {resumed:.2f}s after the target was back")  # shown with -rP
     # The worker probes a down endpoint every 0.5 s and wakes its held tasks the moment one
     # answers; a copy of 1 KiB is milliseconds. 2 s (the bound) leaves > 1 s for a
     # loaded machine; held tasks sleeping out their back-off (up to 30 s) miss it.

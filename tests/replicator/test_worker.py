@@ -222,6 +222,39 @@ def test_a_long_copy_at_the_head_holds_one_slot_not_the_window(acking):
     assert work.acks == {"deliveries": 64, "batches": 1, "alone": 63}
 
 
+def test_copies_finishing_a_little_out_of_order_still_share_one_ack(acking):
+    """Behind a copy that has not run LONG_COPY_S yet, finished deliveries wait for it:
+    one batch ack when it ends, not a single ack each."""
+    work, finish = acking
+    for delivery in work._outstanding.values():
+        delivery.delivered_at = time.monotonic()  # all just delivered
+    assert finish(2, 3, 4) == []
+    waited(work)
+    assert finish() == []  # 1 is young: it will likely end soon
+    assert work._ack_due >= work._outstanding[1].delivered_at + worker_module.LONG_COPY_S
+    assert finish(1) == [(4, True)]
+
+
+def test_behind_a_copy_that_runs_long_they_go_one_by_one(acking):
+    work, finish = acking
+    for delivery in work._outstanding.values():
+        delivery.delivered_at = time.monotonic()
+    assert finish(2, 3, 4) == []
+    waited(work)
+    work._outstanding[1].delivered_at -= worker_module.LONG_COPY_S  # 1 has run long now
+    assert finish() == [2, 3, 4]
+
+
+def test_half_a_window_behind_a_young_copy_goes_one_by_one(acking):
+    """However young the copy ahead, it never holds half the window."""
+    work, finish = acking
+    for delivery in work._outstanding.values():
+        delivery.delivered_at = time.monotonic()
+    assert finish(*range(2, 34)) == []
+    waited(work)
+    assert finish() == list(range(2, 34))
+
+
 def test_a_finished_delivery_waits_for_its_ack_at_most_ack_wait_s(acking):
     work, finish = acking
     before = time.monotonic()
