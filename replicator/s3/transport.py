@@ -22,6 +22,7 @@ network's conventions are honoured in one place (rclone's `fs/fshttp` is the mod
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import random
 import socket
@@ -37,6 +38,7 @@ from urllib.parse import urlsplit
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.wait import wait_for_read
 
 log = logging.getLogger("replicator.s3")
 
@@ -46,6 +48,8 @@ POOL_BLOCK_S = 60  # longest wait for a free connection of a full pool
 PACE_MIN_S = 0.5  # the first pause after a SlowDown; doubled on each one after
 PACE_MAX_S = 30.0  # the longest pause a SlowDown or Retry-After imposes
 WATCH_EVERY_S = 0.25
+EXPECT_WAIT_S = 1.0  # how long a large body waits for `100 Continue` before it goes anyway
+EXPECT_FROM = 1 << 20  # bodies from this size ask first (Expect: 100-continue)
 
 
 @dataclass(frozen=True)
@@ -145,16 +149,108 @@ class _Watchdog:
 WATCHDOG = _Watchdog()
 
 
-class _Watched(HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        WATCHDOG.watch(self)
-        super().request(*args, **kwargs)
+class _Expecting:
+    """`Expect: 100-continue` for large bodies (http.client sends a body at once, and a
+    target refusing it early, say with a 403, would be read as a connection reset).
+
+    After the header block, the first body send waits up to EXPECT_WAIT_S for the
+    server's word: `100 Continue` (consumed here) sends the body; a final answer sends
+    none of it, is handed to the response reader as it came, and the connection is shut
+    for writing so that it is never used again; silence sends the body anyway (RFC 9110).
+    """
+
+    sock: Any
+    _expect = 0  # 1: header block next, 2: body next (wait first), 3: refused
+    _early = b""  # a final answer read while waiting, for the response reader
+    _spent = False  # refused early: its body was promised and never sent, never reuse it
+
+    @property
+    def is_connected(self) -> bool:
+        return not self._spent and super().is_connected  # type: ignore[misc]
+
+    def connect(self) -> None:
+        self._spent = False
+        super().connect()  # type: ignore[misc]
+
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any):
+        WATCHDOG.watch(self)  # type: ignore[arg-type]
+        expect = any(str(k).lower() == "expect" for k in (headers or {}))
+        self._expect, self._early = (1 if expect else 0), b""
+        super().request(method, url, body, headers, **kw)  # type: ignore[misc]
+
+    def send(self, data: Any) -> None:
+        if self._expect == 1:  # the header block
+            self._expect = 2
+        elif self._expect == 2:
+            self._expect = 0 if self._continue() else 3
+        if self._expect != 3:
+            super().send(data)  # type: ignore[misc]
+
+    def _continue(self) -> bool:
+        if not wait_for_read(self.sock, timeout=EXPECT_WAIT_S):
+            return True  # a server that ignores Expect
+        head = b""
+        while not head.endswith(b"\r\n\r\n") and len(head) < 65536:
+            byte = self.sock.recv(1)
+            if not byte:
+                break
+            head += byte
+        if head.split(b" ", 2)[1:2] == [b"100"]:
+            return True
+        self._early, self._spent = head, True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        return False
+
+    def getresponse(self) -> Any:
+        if self._early:
+            self.response_class = _early_response(self._early)  # type: ignore[misc]
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            self._early = b""
+            self.__dict__.pop("response_class", None)
 
 
-class _WatchedTLS(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        WATCHDOG.watch(self)
-        super().request(*args, **kwargs)
+def _early_response(early: bytes) -> Any:
+    """http.client's response class reading `early` before the socket's bytes."""
+    base = HTTPConnection.response_class
+
+    class Early(base):  # type: ignore[misc, valid-type]
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            self.fp = io.BufferedReader(_Prefixed(early, self.fp))  # type: ignore[arg-type]
+
+    return Early
+
+
+class _Prefixed(io.RawIOBase):
+    def __init__(self, first: bytes, rest: Any) -> None:
+        self.first, self.rest = first, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.first:
+            n = min(len(buffer), len(self.first))
+            buffer[:n], self.first = self.first[:n], self.first[n:]
+            return n
+        data = self.rest.read1(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.rest.close()
+        super().close()
+
+
+class _Watched(_Expecting, HTTPConnection):
+    pass
+
+
+class _WatchedTLS(_Expecting, HTTPSConnection):
+    pass
 
 
 class _Pool(HTTPConnectionPool):
@@ -244,6 +340,8 @@ class Transport:
         """One request; the answer's body is read unless `stream`. Raises urllib3's and
         the socket's exceptions as they are (the caller types them) and DeadlineExceeded."""
         self.pacer.wait()
+        if body is not None and size >= EXPECT_FROM:
+            headers = {**headers, "Expect": "100-continue"}
         started = time.monotonic()
         status: int | str = "-"
         try:

@@ -325,3 +325,40 @@ def test_a_bodiless_403_from_a_skewed_endpoint_is_clock_skew(serve):
     error = failure(lambda: source(serve(answers(reply)).url()).head("bbb", "k"))
     assert error.kind is Kind.PERMANENT and "clock skew: this host is 1" in error.reason
     assert "s behind" in error.reason
+
+
+def test_a_target_refusing_a_large_body_early_is_read_as_its_answer(serve):
+    """A large body asks first (Expect: 100-continue): a 403 before any of it is read is
+    that 403, never a connection reset; a `100 Continue` gets the body."""
+    body = b"<Error><Code>AccessDenied</Code><Message>Access Denied.</Message></Error>"
+    refusal = f"HTTP/1.1 403 Forbidden\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    size = 2 << 20
+    heads: list[str] = []
+
+    def script(peer: Peer) -> None:
+        head = peer.request()
+        heads.append(head or "")
+        if len(heads) == 1:  # refused before any of the body is read
+            time.sleep(0.2)  # a client that does not ask first is sending its body by now
+            peer.send(refusal)
+            peer.close(reset=True)  # as a server does that will not read the body
+            return
+        peer.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert len(peer.file.read(size)) == size
+        peer.send(b'HTTP/1.1 200 OK\r\nETag: "t"\r\nContent-Length: 0\r\n\r\n')
+        peer.wait_closed()
+
+    settings = config.load(
+        {**ENV, "MINIO_URL": "http://127.0.0.1:9", "AWS_URL": serve(script).url()}
+    )
+    target = S3(settings.target, settings, "target")
+
+    def put():
+        return target.request(
+            "PUT", "ccc", "k", headers={"Content-Length": str(size)}, body=b"x" * size
+        )
+
+    error = failure(put)
+    assert error.kind is Kind.PERMANENT and "403 AccessDenied" in error.reason, error.reason
+    assert put()[0] == 200
+    assert "Expect: 100-continue" in heads[1]
