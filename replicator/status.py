@@ -15,9 +15,10 @@ import concurrent.futures
 import contextlib
 import datetime
 import json
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
@@ -183,6 +184,21 @@ def read_unacked(settings: Settings, report: Report) -> None:
             queue.unacked = unacked.get(queue.name)
 
 
+def _in_background(call: Callable[[], bool]) -> concurrent.futures.Future:
+    """`call()` on a daemon thread: a probe still waiting when status is done (a silent
+    endpoint, up to the read timeout) never keeps the process from exiting."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="status-probe", daemon=True).start()
+    return future
+
+
 def probe_endpoints(settings: Settings) -> list[Side]:
     """Whether source and target answer, asked through the S3 layer the copies use."""
     from .s3 import S3
@@ -191,22 +207,21 @@ def probe_endpoints(settings: Settings) -> list[Side]:
     if settings.target is not None:
         sides.append(("target", settings.target))
     bucket = {"source": settings.pairs[0].source_bucket, "target": settings.pairs[0].target_bucket}
-    pool = concurrent.futures.ThreadPoolExecutor(len(sides))
-    futures = {
-        side: pool.submit(lambda s=side, e=endpoint: S3(e, settings, s, 1).probe(bucket[s]))
+    futures = [
+        _in_background(lambda s=side, e=endpoint: S3(e, settings, s, 1).probe(bucket[s]))
         for side, endpoint in sides
-    }
+    ]
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
     found = []
-    for (side, endpoint), future in zip(sides, futures.values(), strict=True):
+    for (side, endpoint), future in zip(sides, futures, strict=True):
         try:
-            answers = future.result(timeout=PROBE_TIMEOUT_S)
+            answers = future.result(timeout=max(0.0, deadline - time.monotonic()))
             detail = "" if answers else "does not answer"
         except concurrent.futures.TimeoutError:
             answers, detail = False, f"no answer within {PROBE_TIMEOUT_S:.0f}s"
         except Exception as exc:  # a client that cannot even be built
             answers, detail = False, f"{type(exc).__name__}: {exc}"[:200]
         found.append(Side(side, mask(endpoint.url, url=True), answers, mask(detail)))
-    pool.shutdown(wait=False, cancel_futures=True)
     return found
 
 

@@ -310,3 +310,34 @@ def test_without_the_management_api_unacked_is_unknown_and_said_so():
 def test_a_management_url_with_a_login_is_refused():
     with pytest.raises(config.ConfigError, match="RABBITMQ_MANAGEMENT_URL"):
         management_settings("http://u:p@rabbit:15672/", "amqp://u:p@rabbit:5672/")
+
+
+def test_a_silent_target_is_down_within_the_probe_time_and_never_holds_the_exit():
+    """A target that takes the connection and never answers: status says so after
+    PROBE_TIMEOUT_S and the process exits, though the probe waits on (read timeout)."""
+    import subprocess
+    import sys
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts; nobody ever reads or answers
+        port = silent.getsockname()[1]
+        script = f"""
+import sys
+from replicator import config, status
+status.PROBE_TIMEOUT_S = 1.0
+settings = config.load({{
+    "MINIO_URL": "http://127.0.0.1:{closed_port()}", "MINIO_ACCESS_KEY": "a",
+    "MINIO_SECRET_KEY": "s", "AWS_URL": "http://127.0.0.1:{port}", "AWS_ACCESS_KEY": "a",
+    "AWS_SECRET_KEY": "s", "BUCKET_PAIR": "minio/aaa:aws/bbb",
+    "RABBITMQ_URL": "amqp://u:p@127.0.0.1:{closed_port()}/%2F", "MIRROR_READ_TIMEOUT": "60",
+}})
+print([s.detail for s in status.probe_endpoints(settings)])
+"""
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 0, done.stderr
+    assert "no answer within 1s" in done.stdout
+    assert time.monotonic() - started < 15  # not the 60 s read timeout
