@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 RESULTS_QUEUE = "minio-s3-mirror.reconcile"
 RESULTS_KEPT = 512  # messages; the oldest are dropped first
 PUSH_JOB = "minio-s3-mirror-reconcile"
+DEFAULT_RABBITMQ_URL = Settings.__dataclass_fields__["rabbitmq_url"].default
 
 
 def declare(channel: Any) -> None:
@@ -66,7 +67,11 @@ def _publish(settings: Settings, records: list[dict[str, object]]) -> None:
     try:
         connection = broker.connect(settings.rabbitmq_url, name="minio-s3-mirror reconcile")
     except (pika.exceptions.AMQPError, OSError) as exc:
-        log.info("reconcile result not recorded in RabbitMQ: %s", mask(broker.describe(exc)))
+        # Without RABBITMQ_URL (the nightly job alone) there is nothing to record to.
+        quiet = settings.rabbitmq_url == DEFAULT_RABBITMQ_URL
+        (log.debug if quiet else log.warning)(
+            "reconcile result not recorded in RabbitMQ: %s", mask(broker.describe(exc))
+        )
         return
     try:
         channel = connection.channel()
