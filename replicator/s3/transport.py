@@ -46,7 +46,8 @@ CONNECT_TIMEOUT_S = 5
 MIN_RATE = 32 * 1024  # bytes/s a request must average beyond its read timeout (deadline)
 POOL_BLOCK_S = 60  # longest wait for a free connection of a full pool
 PACE_MIN_S = 0.5  # the first pause after a SlowDown; doubled on each one after
-PACE_MAX_S = 30.0  # the longest pause a SlowDown or Retry-After imposes
+PACE_MAX_S = 4.0  # the longest pause of SlowDowns in a row (rclone's S3 pacer: 2 s)
+RETRY_AFTER_MAX_S = 30.0  # the longest pause a Retry-After imposes
 WATCH_EVERY_S = 0.25
 EXPECT_WAIT_S = 1.0  # how long a large body waits for `100 Continue` before it goes anyway
 EXPECT_FROM = 1 << 20  # bodies from this size ask first (Expect: 100-continue)
@@ -280,7 +281,7 @@ class Pacer:
         """Pause every thread; returns the pause."""
         with self.lock:
             self.pause = min(max(self.pause * 2, PACE_MIN_S), PACE_MAX_S)
-            pause = min(max(self.pause, retry_after or 0.0), PACE_MAX_S)
+            pause = max(self.pause, min(retry_after or 0.0, RETRY_AFTER_MAX_S))
             self.until = max(self.until, time.monotonic() + pause)
             return pause
 
