@@ -6,17 +6,26 @@ stalled links: a TCP proxy on a loopback port in front of a server, whose "toxic
     link = toxi.link("target", stack.target.port)        # 127.0.0.1:link.port -> target
     link.add("slow", "bandwidth", "upstream", rate=125)  # KB/s (1 KB = 1000 bytes)
     link.add("stall", "timeout", "downstream", timeout=0) # no data at all, never closes
-    link.bytes("upstream")                               # bytes through it so far
 
 Streams: "upstream" is client -> server (a PUT's body), "downstream" server -> client.
 Toxics apply to open connections too. Every link and toxic dies with the server.
+
+toxiproxy counts a connection's bytes only when it closes; to see a transfer move, put a
+CountingRelay between the link and the server (client -> link -> relay -> server):
+
+    relay = CountingRelay(stack.target.port).start()
+    link = toxi.link("target", relay.port)
+    relay.bytes("upstream")                              # bytes on their way, live
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -47,7 +56,8 @@ class Link:
         self.toxiproxy.api("DELETE", f"/proxies/{self.name}/toxics/{name}")
 
     def bytes(self, direction: str = "upstream") -> int:
-        """Bytes this link has passed on in `direction` so far (toxiproxy's own count)."""
+        """Bytes this link has passed on in `direction` on connections already closed
+        (toxiproxy's own count)."""
         return self.toxiproxy.sent_bytes(self.name, direction)
 
 
@@ -77,9 +87,9 @@ class Toxiproxy:
     def _live(self) -> bool:
         if self.proc and self.proc.poll() is not None:
             raise RuntimeError(f"toxiproxy-server exited:\n{self.log.read_text()[-2000:]}")
-        try:
-            self.api("GET", "/version")
-            return True
+        try:  # /version answers plain text
+            with urllib.request.urlopen(f"{self.url}/version", timeout=1) as answer:
+                return answer.status == 200
         except OSError:
             return False
 
@@ -92,7 +102,11 @@ class Toxiproxy:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
-        wait_until(self._live, 60, f"toxiproxy-server on {self.url}")
+        try:
+            wait_until(self._live, 60, f"toxiproxy-server on {self.url}")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -124,3 +138,65 @@ class Toxiproxy:
             if f'proxy="{proxy}"' in labels and f'direction="{direction}"' in labels:
                 total += float(value)
         return int(total)
+
+
+class CountingRelay:
+    """A plain TCP relay 127.0.0.1:`port` -> 127.0.0.1:upstream_port that counts the bytes
+    it forwards in each direction as they pass ("upstream": towards the server)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.counts = {"upstream": 0, "downstream": 0}
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+
+    def bytes(self, direction: str = "upstream") -> int:
+        with self._lock:
+            return self.counts[direction]
+
+    def start(self) -> CountingRelay:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._open += [client, server]
+            for source, sink, direction in (
+                (client, server, "upstream"),
+                (server, client, "downstream"),
+            ):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, direction), daemon=True
+                ).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+                with self._lock:
+                    self.counts[direction] += len(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import stack as local_stack
 import tls
+from proxy import ForwardProxy
 
 from replicator.task import Task
 from tests.integration.conftest import dead_letters
@@ -32,6 +33,8 @@ from tests.integration.test_pipeline import assert_identical, publish, ready, ta
 pytestmark = pytest.mark.integration
 
 CERTIFICATE = re.compile(r"certificate", re.IGNORECASE)  # OpenSSL's and Go's words alike
+# Names in the certificates too, known only to the forward proxy (see test_proxy.py).
+SOURCE_NAME, TARGET_NAME = "mirror-tls-src.test", "mirror-tls-dst.test"
 
 
 @dataclass
@@ -76,22 +79,26 @@ def tls_stack(tmp_path_factory) -> Iterator[TlsStack]:
     source = local_stack.MinioServer(
         "tls-source",
         root,
-        certs_dir=source_ca.issue(root / "source-certs", hosts),
+        certs_dir=source_ca.issue(root / "source-certs", [*hosts, SOURCE_NAME]),
         ca_file=source_ca.cert,
     )
     target = local_stack.MinioServer(
         "tls-target",
         root,
-        certs_dir=target_ca.issue(root / "target-certs", hosts),
+        certs_dir=target_ca.issue(root / "target-certs", [*hosts, TARGET_NAME]),
         ca_file=target_ca.cert,
     )
     system = tls.system_store(root / "system-roots.pem", target_ca)
-    made = TlsStack(source.start(), target.start(), source_ca, target_ca, system)
-    yield made
-    for server, name in made.made:
-        local_stack.remove_bucket(server.client(), name)
-    source.stop()
-    target.stop()
+    made = TlsStack(source, target, source_ca, target_ca, system)
+    try:
+        source.start()
+        target.start()
+        yield made
+        for server, name in made.made:
+            local_stack.remove_bucket(server.client(), name)
+    finally:
+        source.stop()
+        target.stop()
 
 
 def objects() -> dict[str, tuple[bytes, str, dict[str, str]]]:
@@ -354,6 +361,41 @@ def test_stream_listener_without_minio_ca_bundle_names_the_certificate_problem(
     with contextlib.suppress(TimeoutError):  # the assertion below shows what was said
         local_stack.wait_until(refused, 90, "a certificate error naming MINIO_CA_BUNDLE")
     names_the_problem(listener.log.read_text(errors="replace"), "MINIO_CA_BUNDLE")
+
+
+def test_https_proxy_tunnels_every_command_over_tls(tls_stack, run_cli, rabbit, tmp_path):
+    """HTTPS_PROXY: CONNECT tunnels to both endpoints, named so that only the proxy
+    resolves them (a connection that skips the proxy fails), for check, backfill --direct
+    and reconcile; the private CAs still verify through the tunnel."""
+    src, dst = tls_stack.bucket("source"), tls_stack.bucket("target")
+    wanted = objects()
+    upload(tls_stack.source.client(), src, wanted)
+    proxy = ForwardProxy(
+        tmp_path / "proxy",
+        {SOURCE_NAME: tls_stack.source.port, TARGET_NAME: tls_stack.target.port},
+    ).start()
+    env = tls_stack.env(
+        src,
+        dst,
+        MINIO_URL=f"https://{SOURCE_NAME}:{tls_stack.source.port}",
+        AWS_URL=f"https://{TARGET_NAME}:{tls_stack.target.port}",
+        HTTPS_PROXY=proxy.url,
+    )
+    try:
+        check = run_cli("check", env={**env, "RABBITMQ_URL": rabbit.url}, timeout=120)
+        backfill = run_cli("backfill", "--direct", env={**env, "RABBITMQ_URL": closed_rabbit()})
+        tunnels = {s.host for s in proxy.seen() if s.method == "CONNECT"}
+        proxy.clear()
+        reconcile = run_cli("reconcile", "--json", env=env, timeout=300)
+        by_mc = {s.host for s in proxy.seen() if s.method == "CONNECT"}
+    finally:
+        proxy.stop()
+
+    for done in (check, backfill, reconcile):
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert_identical(tls_stack.target.client(), dst, wanted)
+    assert tunnels == {SOURCE_NAME, TARGET_NAME}
+    assert by_mc == {SOURCE_NAME, TARGET_NAME}
 
 
 def test_the_tls_fixture_serves_tls_only_with_the_private_ca(tls_stack):
