@@ -298,6 +298,12 @@ def render(report: Report, as_json: bool, now: float | None = None) -> str:
         lines.append(
             f"oldest waiting task: {_age(report.oldest_waiting_s)} since its event "
             f"({report.oldest_key})"
+            + (
+                f", delivered {report.oldest_deliveries} time(s) before "
+                f"(RabbitMQ dead-letters it at {topology.DELIVERY_LIMIT})"
+                if report.oldest_deliveries
+                else ""
+            )
         )
     elif report.work and report.work.ready:
         lines.append(f"oldest waiting task: age unknown ({report.oldest_key or 'no event time'})")

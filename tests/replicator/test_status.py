@@ -72,6 +72,7 @@ def test_the_text_report_gives_every_part():
     report.dead = status.Queue("minio-s3-mirror.dead", 4, 0)
     report.dead_reasons = [("target 403 AccessDenied", 3), ("bucket 'x' is in no pair", 1)]
     report.oldest_waiting_s, report.oldest_key = 1500.0, "photos/cat.jpg"
+    report.oldest_deliveries = 3
     report.endpoints[1].answers, report.endpoints[1].detail = False, "no answer within 15s"
     report.reconcile["minio/a:aws/b"].update(copied=3, finished_at=NOW - 3600)
     text = status.render(judged(report), as_json=False, now=NOW)
@@ -81,7 +82,8 @@ def test_the_text_report_gives_every_part():
         "retry.5s 0 waiting to retry",
         "dead    4 dead-lettered",
         "3 x target 403 AccessDenied",
-        "oldest waiting task: 25m since its event (photos/cat.jpg)",
+        "oldest waiting task: 25m since its event (photos/cat.jpg), delivered 3 time(s) "
+        "before (RabbitMQ dead-letters it at 20)",
         "target  https://s3.amazonaws.com: DOWN (no answer within 15s)",
         "minio/a:aws/b: ok, copied 3 object(s), finished 2027-01-15 07:00:00Z (60m ago)",
         "- 4 task(s) in the dead-letter queue",
