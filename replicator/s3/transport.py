@@ -88,45 +88,49 @@ class DeadlineExceeded(OSError):
     """The watchdog closed a request that ran past its deadline."""
 
 
+@dataclass(eq=False)
+class _Bound:
+    """One `bound` block: its deadline, and whether the watchdog had to end it."""
+
+    deadline: float
+    late: bool = False
+
+
 class _Watchdog:
-    """Shuts the socket of every request past its deadline (one thread per process)."""
+    """Shuts the socket of every request past its deadline (one thread per process).
+    Blocks nest on a thread (a source GET streamed into a target PUT): each connection
+    is watched under the innermost block open when its request went out."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.watched: dict[int, tuple[HTTPConnection, float]] = {}
-        self.late: set[int] = set()  # threads whose request the watchdog shut
+        self.watched: dict[HTTPConnection, _Bound] = {}
         self.local = threading.local()
         self.thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def bound(self, seconds: float, connection: HTTPConnection | None = None) -> Iterator[None]:
+    def bound(self, seconds: float, connection: HTTPConnection | None = None) -> Iterator[_Bound]:
         """Requests this thread sends inside the block (and `connection`'s answer) must
         end within `seconds`."""
-        me = threading.get_ident()
-        self.local.deadline = time.monotonic() + seconds
-        with self.lock:
-            self.late.discard(me)
+        block = _Bound(time.monotonic() + seconds)
+        stack = self.local.__dict__.setdefault("stack", [])
+        stack.append(block)
         if connection is not None:
             self.watch(connection)
         try:
-            yield
+            yield block
         finally:
-            self.local.deadline = None
+            stack.remove(block)
             with self.lock:
-                self.watched.pop(me, None)
-
-    def expired(self) -> bool:
-        """Whether this thread's last bounded request was shut by the watchdog."""
-        with self.lock:
-            return threading.get_ident() in self.late
+                for known in [c for c, b in self.watched.items() if b is block]:
+                    del self.watched[known]
 
     def watch(self, connection: HTTPConnection) -> None:
         """Called as a request goes out on `connection`, on the requesting thread."""
-        deadline = getattr(self.local, "deadline", None)
-        if deadline is None:
+        stack = getattr(self.local, "stack", None)
+        if not stack:
             return
         with self.lock:
-            self.watched[threading.get_ident()] = (connection, deadline)
+            self.watched[connection] = stack[-1]
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="s3-watchdog", daemon=True)
                 self.thread.start()
@@ -136,11 +140,11 @@ class _Watchdog:
             time.sleep(WATCH_EVERY_S)
             now = time.monotonic()
             with self.lock:
-                late = [(t, c) for t, (c, d) in self.watched.items() if d < now]
-                for ident, _ in late:
-                    del self.watched[ident]
-                    self.late.add(ident)
-            for _, connection in late:
+                late = [(c, b) for c, b in self.watched.items() if b.deadline < now]
+                for connection, block in late:
+                    del self.watched[connection]
+                    block.late = True
+            for connection, _ in late:
                 sock = connection.sock
                 if sock is not None:
                     with contextlib.suppress(OSError):
@@ -346,7 +350,7 @@ class Transport:
         started = time.monotonic()
         status: int | str = "-"
         try:
-            with WATCHDOG.bound(self.deadline(size)):
+            with WATCHDOG.bound(self.deadline(size)) as block:
                 try:
                     answer = self.http.urlopen(
                         method,
@@ -359,7 +363,7 @@ class Transport:
                         assert_same_host=False,
                     )
                 except Exception as exc:
-                    if WATCHDOG.expired():
+                    if block.late:
                         raise DeadlineExceeded(
                             f"no complete answer within its deadline of {self.deadline(size):.0f} s"
                         ) from exc
@@ -381,11 +385,12 @@ class Transport:
 
     def read(self, answer: urllib3.BaseHTTPResponse, size: int) -> Iterator[bytes]:
         """The streamed answer's body in pieces, within a deadline for `size` bytes."""
-        with WATCHDOG.bound(self.deadline(size), getattr(answer, "connection", None)):
+        connection = getattr(answer, "connection", None)
+        with WATCHDOG.bound(self.deadline(size), connection) as block:
             try:
                 yield from answer.stream(1 << 20)
             except Exception as exc:
-                if WATCHDOG.expired():
+                if block.late:
                     raise DeadlineExceeded(
                         f"body not read within its deadline of {self.deadline(size):.0f} s"
                     ) from exc
