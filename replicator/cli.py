@@ -276,11 +276,12 @@ def dlq_purge(yes: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
-    "--no-peek",
+    "--peek",
     is_flag=True,
-    help="Do not look at the oldest waiting task (a peek counts as one of its deliveries).",
+    help="Also show the oldest waiting task: it is taken and put back, which counts as one "
+    "of its deliveries (RabbitMQ dead-letters a task after 20).",
 )
-def status(as_json: bool, no_peek: bool) -> None:
+def status(as_json: bool, peek: bool) -> None:
     """Queues, dead letters, oldest waiting task, endpoints, last reconcile per pair.
 
     Exit 0 when healthy, 1 when degraded (the report lists every reason).
@@ -288,7 +289,7 @@ def status(as_json: bool, no_peek: bool) -> None:
     from . import status as report
 
     settings = load_settings()
-    found = report.collect(settings, peek=not no_peek)
+    found = report.collect(settings, peek=peek)
     click.echo(report.render(found, as_json))
     sys.exit(0 if found.healthy else EXIT_FAILED)
 

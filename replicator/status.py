@@ -109,7 +109,7 @@ def _queue(channel, name: str) -> Queue:
     return Queue(name, ok.message_count, ok.consumer_count)
 
 
-def read_rabbitmq(settings: Settings, report: Report, now: float, peek: bool = True) -> None:
+def read_rabbitmq(settings: Settings, report: Report, now: float, peek: bool = False) -> None:
     """Queue depths, the dead letters' reasons, the oldest waiting task, reconcile records.
 
     Everything is read without being taken: browsed messages are left unacked and go back
@@ -140,7 +140,7 @@ def peek_head(settings: Settings, report: Report, now: float) -> None:
     """The oldest waiting task: the head of the work queue, taken and put straight back.
 
     A quorum queue counts that as a delivery of the task (`x-delivery-count`, of which
-    DELIVERY_LIMIT dead-letter it): `--no-peek` leaves the queue untouched."""
+    DELIVERY_LIMIT dead-letter it): only with `--peek`; without, the queue is untouched."""
     with _channel(settings) as channel:
         method, properties, body = channel.basic_get(topology.WORK_QUEUE)
         if method is None:
@@ -225,7 +225,7 @@ def probe_endpoints(settings: Settings) -> list[Side]:
     return found
 
 
-def collect(settings: Settings, now: float | None = None, *, peek: bool = True) -> Report:
+def collect(settings: Settings, now: float | None = None, *, peek: bool = False) -> Report:
     now = time.time() if now is None else now
     report = Report()
     try:

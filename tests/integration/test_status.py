@@ -29,9 +29,9 @@ def purge_results(rabbit) -> None:
 
 
 def status(run_cli, env: dict[str, str], *args: str) -> tuple[int, dict, str]:
-    done = run_cli("status", "--json", *args, env=env, timeout=120)
+    done = run_cli("status", "--json", "--peek", *args, env=env, timeout=120)
     assert done.stdout.startswith("{"), done.stderr
-    text = run_cli("status", "--no-peek", *args, env=env, timeout=120)
+    text = run_cli("status", *args, env=env, timeout=120)
     return done.returncode, json.loads(done.stdout), text.stdout + done.stderr + text.stderr
 
 
@@ -158,7 +158,7 @@ def test_status_counts_the_tasks_workers_hold_unacked(
     }
 
     def held() -> dict | None:
-        done = run_cli("status", "--json", "--no-peek", env=status_env, timeout=120)
+        done = run_cli("status", "--json", env=status_env, timeout=120)
         report = json.loads(done.stdout)
         work = report["work"]
         # The API's counts are sampled (every 5 s): wait until they add up.
@@ -169,7 +169,7 @@ def test_status_counts_the_tasks_workers_hold_unacked(
     report = local_stack.wait_until(held, 60, "tasks held unacked by the worker")
     assert report["work"]["consumers"] == 1
     assert report["notes"] == []
-    text = run_cli("status", "--no-peek", env=status_env, timeout=120).stdout
+    text = run_cli("status", env=status_env, timeout=120).stdout
     unacked = report["work"]["unacked"]
     assert f"{unacked} unacked, 1 consumer(s)" in text or "unacked, 1 consumer(s)" in text
     worker.stop()
