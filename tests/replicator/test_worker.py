@@ -178,7 +178,8 @@ def acking(worker):
     _, work = worker
     work.concurrency = 16
     work._channel = channel = Channel()
-    work._outstanding = {tag: Delivery(tag, b"", {}) for tag in range(1, 65)}
+    # Every copy started long ago (a test that needs a young one says so).
+    work._outstanding = {tag: Delivery(tag, b"", {}, started_at=1.0) for tag in range(1, 65)}
     work._finished, work._ack_due, work._unacked = queue.SimpleQueue(), 0.0, 0
 
     def finish(*tags: int) -> list[int | tuple[int, bool]]:
@@ -227,21 +228,36 @@ def test_copies_finishing_a_little_out_of_order_still_share_one_ack(acking):
     one batch ack when it ends, not a single ack each."""
     work, finish = acking
     for delivery in work._outstanding.values():
-        delivery.delivered_at = time.monotonic()  # all just delivered
+        delivery.started_at = time.monotonic()  # all just started
     assert finish(2, 3, 4) == []
     waited(work)
     assert finish() == []  # 1 is young: it will likely end soon
-    assert work._ack_due >= work._outstanding[1].delivered_at + worker_module.LONG_COPY_S
+    assert work._ack_due >= work._outstanding[1].started_at + worker_module.LONG_COPY_S
     assert finish(1) == [(4, True)]
 
 
 def test_behind_a_copy_that_runs_long_they_go_one_by_one(acking):
     work, finish = acking
     for delivery in work._outstanding.values():
-        delivery.delivered_at = time.monotonic()
+        delivery.started_at = time.monotonic()
     assert finish(2, 3, 4) == []
     waited(work)
-    work._outstanding[1].delivered_at -= worker_module.LONG_COPY_S  # 1 has run long now
+    work._outstanding[1].started_at -= worker_module.LONG_COPY_S  # 1 has run long now
+    assert finish() == [2, 3, 4]
+
+
+def test_long_means_long_for_this_worker(acking):
+    """Over a 50 ms link a usual copy takes a few round trips: LONG_TIMES that, not a
+    fixed LONG_COPY_S, makes a copy long."""
+    work, finish = acking
+    work._usual_s = 0.5
+    assert worker_module.LONG_TIMES * 0.5 == 2.0
+    for delivery in work._outstanding.values():
+        delivery.started_at = time.monotonic() - 1.0  # past LONG_COPY_S, not 4 x 0.5
+    assert finish(2, 3, 4) == []
+    waited(work)
+    assert finish() == []
+    work._outstanding[1].started_at -= 1.5  # 2.5 s: over four times the usual now
     assert finish() == [2, 3, 4]
 
 
@@ -249,7 +265,7 @@ def test_half_a_window_behind_a_young_copy_goes_one_by_one(acking):
     """However young the copy ahead, it never holds half the window."""
     work, finish = acking
     for delivery in work._outstanding.values():
-        delivery.delivered_at = time.monotonic()
+        delivery.started_at = time.monotonic()
     assert finish(*range(2, 34)) == []
     waited(work)
     assert finish() == list(range(2, 34))
