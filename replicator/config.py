@@ -1041,9 +1041,9 @@ VARIABLES: tuple[Variable, ...] = (
     _v(
         "MIRROR_READ_TIMEOUT",
         "`60`",
-        "duration `1s` to `1h`",
+        "duration `1s` to `1d`",
         _S3,
-        "longest wait for the next bytes of an S3 answer",
+        "longest silence of an S3 answer (a moving transfer never times out)",
         _NET,
     ),
     _v(
