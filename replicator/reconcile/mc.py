@@ -6,10 +6,10 @@ on the command line (visible in `ps`) or left on disk. mc's environment is built
 scratch: locale, PATH, network settings it needs (proxies, CA locations) and its own
 two `MC_HOST_*`, nothing else of ours (no Slack, webhook or RabbitMQ secret).
 
-mc never touches $HOME: `--config-dir` comes first on its command line (mc reads it
-before the subcommand starts; after the subcommand it is too late, and mc creates
-`$HOME/.mc`), and HOME is the private dir too. So it runs with a read-only root
-filesystem, any user id, and only a writable temporary directory. The CA bundles
+mc never touches $HOME: its config dir comes in MC_CONFIG_DIR, which mc reads before
+the subcommand starts (a `--config-dir` after the subcommand is read too late: mc has
+created `$HOME/.mc` by then), and HOME is the private dir too. So it runs with a
+read-only root filesystem, any user id, and only a writable temporary directory. The CA bundles
 (MIRROR_CA_BUNDLE, MINIO_CA_BUNDLE, AWS_CA_BUNDLE) go to `<config dir>/certs/CAs/`,
 which mc adds to the system roots.
 
@@ -319,16 +319,17 @@ class Mc:
         # mc's flag defaults look up the home dir at start-up (a fatal error for a user id
         # without a passwd entry and no HOME): point it at the private dir, never the real one.
         self.env["HOME"] = str(config_dir)
+        # Read at mc's start-up, before any subcommand (unlike a --config-dir after it).
+        self.env["MC_CONFIG_DIR"] = str(config_dir)
         install_cas(settings, config_dir, self.env)
 
     def command(self, *args: str) -> list[str]:
-        # Global flags before the subcommand: mc reads --config-dir only there.
-        flags = ["--config-dir", str(self.config_dir), "--json", "--no-color"]
+        flags = ["--json", "--no-color"]
         if not self.settings.tls_verify:
             flags.append("--insecure")
         if self.settings.debug:
             flags.append("--debug")
-        return [self.binary, *flags, *args]
+        return [self.binary, *args[:1], *flags, *args[1:]]
 
     def run(self, *args: str, deadline: float | None = None) -> McRun:
         log.debug("running mc %s", " ".join(args))
@@ -407,8 +408,8 @@ PROBE_TIMEOUT_S = 30.0
 def version() -> str:
     """mc's first version line (no secret of ours in its environment)."""
     with tempfile.TemporaryDirectory(prefix="minio-s3-mirror-mc-") as home:
-        env = {**plain_environment(os.environ), "HOME": home}
-        command = [find_binary(), "--config-dir", home, "--version"]
+        env = {**plain_environment(os.environ), "HOME": home, "MC_CONFIG_DIR": home}
+        command = [find_binary(), "--version"]
         out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
     return (out.stdout.strip().splitlines() or ["?"])[0]
 

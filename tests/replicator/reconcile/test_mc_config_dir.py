@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import stack as local_stack
 
 from replicator import config
 from replicator.reconcile import mc, runner
@@ -49,16 +51,22 @@ def test_reconcile_copies_when_home_is_unusable(stack, buckets):
     assert got == b"hello"
 
 
-def test_the_config_dir_comes_before_the_subcommand(tmp_path, monkeypatch):
-    monkeypatch.setenv("MC_BINARY", "/bin/true")
-    settings = config.load(PLAIN)
-    run = mc.Mc(settings, tmp_path)
+@pytest.mark.integration
+def test_mc_keeps_its_config_in_the_private_dir(stack, monkeypatch):
+    """The real mc, as a session runs it: its config is written to the private dir itself
+    (MC_CONFIG_DIR honoured), not to a `.mc` under the HOME the session gives it."""
+    monkeypatch.setenv("PATH", f"{local_stack.BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HOME", "/etc/hostname")
+    settings = settings_for(stack, "minio/src-b:aws/dst-b")
 
-    command = run.command("mirror", "minio/src-b", "aws/dst-b")
+    with mc.session(settings) as run, run.run("alias", "list") as listing:
+        aliases = [json.loads(line)["alias"] for line in listing.stdout]
+        written = sorted(p.name for p in run.config_dir.iterdir())
 
-    assert command[1:3] == ["--config-dir", str(tmp_path)]
-    assert command[-3:] == ["mirror", "minio/src-b", "aws/dst-b"]
-    assert run.env["HOME"] == str(tmp_path)
+    assert listing.code == 0, listing.stderr
+    assert {"minio", "aws"} <= set(aliases)
+    assert "config.json" in written and ".mc" not in written, written
+    assert run.env["HOME"] == run.env["MC_CONFIG_DIR"] == str(run.config_dir)
 
 
 def test_every_ca_bundle_reaches_mcs_certs_dir(tmp_path, monkeypatch):
