@@ -51,8 +51,8 @@ class Podman:
         self.runroot = Path("/tmp") / f"minio-s3-mirror-podman-{tag}"
         self.runroot.mkdir(mode=0o700, exist_ok=True)
         self.conf = self.runroot / "containers.conf"
-        # runc: crun is not what this sandbox runs. Limits no higher than ours (a container
-        # may not raise them: podman's defaults fail here with "error setting rlimit").
+        # runc, the runtime install.sh installs (podman may default to crun). Limits no
+        # higher than ours: podman's defaults fail here with "error setting rlimit".
         self.ulimits = [f"nofile={_NOFILE}:{_NOFILE}", f"nproc={_NPROC}:{_NPROC}"]
         self.conf.write_text(
             "[containers]\n"
