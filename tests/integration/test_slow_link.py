@@ -6,8 +6,13 @@ Shopify's toxiproxy (deploy/local/toxiproxy.py) sits between our commands and a 
   60 s per-request deadline, and must land;
 - a stalled link (timeout toxic, no bytes at all and never closed) must fail the copy
   within the read timeout, MIRROR_READ_TIMEOUT=5 here, whether it stalls the answer's
-  header block or the body of a PUT or a GET halfway. The bound asserted is generous
-  (BOUND_S) for a loaded 2-core machine, and still half the old 60 s.
+  header block or the body of a PUT or a GET halfway. What the test sees is the worker's
+  first "failed" outcome, which comes after the tries of one delivery (at most 3, each
+  ended by the read timeout: docs/event-driven.md) and their backoff: ~15-20 s. The bound
+  (BOUND_S) leaves room for a loaded 2-core machine and is still under the old 60 s for a
+  single try (today: 91 s and 122 s, and a stalled GET never fails).
+The slow PUT also runs with MIRROR_READ_TIMEOUT=5: a body sent in one call under one
+socket timeout (Python's sendall) would fail it, as the old total deadline did.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 ONE_MBIT_KBS = 125  # toxiproxy's bandwidth rate is in KB/s of 1000 bytes
 READ_TIMEOUT_S = 5
-BOUND_S = 30  # the read timeout plus a loaded machine's slack
+BOUND_S = 45  # 3 tries x the read timeout, their backoff, a loaded machine's slack
 
 
 @pytest.fixture(scope="module")
