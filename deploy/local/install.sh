@@ -36,6 +36,14 @@ toxiproxy() {  # cmd/server installs as "server": renamed, so PATH gets no bare 
 debian_packages() {
   local missing=()
   [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || missing+=(rabbitmq-server)
+  # The image test (tests/image): build and run the Dockerfile without a Docker engine.
+  local tool
+  for tool in podman buildah runc mmdebstrap; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  [[ -x /usr/lib/podman/netavark ]] || missing+=(netavark)  # podman's network stack
+  # Prometheus and promtool: the alert rules' unit tests and the dashboard-query test.
+  { command -v promtool && command -v prometheus; } >/dev/null || missing+=(prometheus)
   if ! command -v kubectl >/dev/null; then
     # Debian ships kubectl as kubernetes-client; a kubectl package wins where one exists.
     if apt-cache show kubectl >/dev/null 2>&1; then missing+=(kubectl); else missing+=(kubernetes-client); fi
@@ -49,6 +57,8 @@ debian_packages() {
     "${missing[@]}" >/dev/null
   # Debian starts a system node on install; the tests run private nodes instead.
   "${sudo[@]}" /usr/sbin/rabbitmqctl stop >/dev/null 2>&1 || true
+  # Likewise Prometheus's system service: the tests start their own server.
+  "${sudo[@]}" service prometheus stop >/dev/null 2>&1 || true
 }
 
 virtualenv() {
