@@ -187,3 +187,32 @@ def test_the_dockerfiles_hardened_line_is_the_one_run_here():
     assert documented, "the Dockerfile's header lost its hardened `docker run` line"
     flags = f"{documented[1]} {documented[2]}".split()
     assert flags == [flag for flag in HARDENED if flag != "--read-only-tmpfs=false"]
+
+
+def test_stopping_a_hardened_reconcile_mid_copy_ends_it_within_seconds(image, stack, buckets):
+    """A target that never answers the PUT: mc is mid-copy when podman stop's SIGTERM
+    comes; reconcile stops mc and exits 143 well before podman's SIGKILL."""
+    src, dst = buckets("source"), buckets("target")
+    put(stack.source.client(), src, {"stall/me.bin": ("application/octet-stream", b"x" * 1024)})
+    proxy = local_stack.FaultProxy(stack.target.url).start()
+    proxy.add_rule("stall/me.bin", "stall", "PUT")
+    env = variables(stack, f"minio/{src}:aws/{dst}", AWS_URL=proxy.url)
+    name = f"mirror-reconcile-{secrets.token_hex(3)}"
+    flags = [arg for key in env for arg in ("-e", key)]
+    try:
+        image(
+            "run", "--detach", "--name", name, "--network", "host", *NO_TIMER, *HARDENED,
+            *flags, IMAGE, env={**image.env, **env},
+        )  # fmt: skip
+        local_stack.wait_until(
+            lambda: proxy.fault_count("stall/me.bin", "stall"), 60, "mc's PUT at the target"
+        )
+        started = time.monotonic()
+        image("stop", "--time", "30", name, timeout=60)
+        took = time.monotonic() - started
+        state = json.loads(image("inspect", name).stdout)[0]["State"]
+        assert took < 10, f"podman stop took {took:.1f}s"
+        assert state["ExitCode"] == 143, logs(image, {"reconcile": name})
+    finally:
+        image("rm", "--force", name, check=False)
+        proxy.stop()
