@@ -24,7 +24,7 @@ from .podman import IMAGE, Podman
 
 # The first test builds the image: on a cold cache (a fresh clone, as CI has) that takes
 # ~11 min on this 2-core machine under load, past the suite's 600 s per test.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.integration, pytest.mark.image, pytest.mark.timeout(2400)]
 
 # The README's hardened `docker run` (podman's --read-only adds writable /tmp, /var/tmp
 # and /run by itself: --read-only-tmpfs=false keeps only the --tmpfs the line asks for).
