@@ -13,6 +13,7 @@ from email.utils import parsedate_to_datetime
 
 import urllib3.exceptions as u3
 
+from ..config import mask
 from ..errors import CopyError, Kind, answer, broken, down
 from .transport import DeadlineExceeded, Network
 
@@ -74,7 +75,7 @@ def from_exception(side: str, exc: BaseException, network: Network) -> CopyError
     if isinstance(exc, DeadlineExceeded):
         return broken(side, str(exc))
     if isinstance(exc, u3.ProxyError):
-        return down(side, f"proxy {network.proxy}: {_cause(exc)}")
+        return down(side, f"proxy {mask(network.proxy or '', url=True)}: {_cause(exc)}")
     if isinstance(exc, u3.SSLError | ssl.SSLError):
         return _tls(side, exc, network)
     if isinstance(exc, u3.NewConnectionError | u3.ConnectTimeoutError):

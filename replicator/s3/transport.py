@@ -305,7 +305,7 @@ class Transport:
         self.pacer = Pacer()
         self.timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=network.read_timeout)
         options: dict[str, Any] = {
-            "num_pools": 4,
+            "num_pools": 16,  # one per host: AWS names each bucket's own host
             "maxsize": pool,
             "block": False,
             "retries": False,

@@ -362,3 +362,9 @@ def test_a_target_refusing_a_large_body_early_is_read_as_its_answer(serve):
     assert error.kind is Kind.PERMANENT and "403 AccessDenied" in error.reason, error.reason
     assert put()[0] == 200
     assert "Expect: 100-continue" in heads[1]
+
+
+def test_a_proxy_password_never_shows_in_an_error(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://ops:s3cr3t-proxy@127.0.0.1:9")
+    error = failure(lambda: source("http://minio.example.test:9000").get("bbb", "k", 100))
+    assert "s3cr3t-proxy" not in error.reason and "ops:****@" in error.reason
