@@ -18,6 +18,7 @@ from replicator import health
 from replicator.broker import PublishFailed
 from replicator.config import Settings
 from replicator.events import tasks_from_records
+from replicator.s3.errors import from_exception
 from replicator.s3.operations import network
 from replicator.s3.transport import Transport
 from replicator.task import MalformedTask
@@ -50,6 +51,7 @@ def minio_client(settings: Settings) -> Minio:
 def follow(settings: Settings, sink: TaskSink, bucket: str, stop: threading.Event) -> None:
     """Read one bucket's notifications forever, reconnecting with jittered backoff."""
     client = minio_client(settings)
+    found = network(settings, settings.source, "source")
     delay = 0.5
     while not stop.is_set():
         try:
@@ -63,7 +65,8 @@ def follow(settings: Settings, sink: TaskSink, bucket: str, stop: threading.Even
                     if stop.is_set():
                         return
         except Exception as exc:  # network, server restart: reconnect forever
-            log.warning("notification stream of %s broke (%s); reconnecting", bucket, exc)
+            why = from_exception("source", exc, found).reason  # the S3 layer's words
+            log.warning("notification stream of %s broke (%s); reconnecting", bucket, why)
         stop.wait(delay * random.uniform(0.5, 1.5))
         delay = min(delay * 2, 30)
 
