@@ -51,6 +51,7 @@ RETRY_AFTER_MAX_S = 30.0  # the longest pause a Retry-After imposes
 WATCH_EVERY_S = 0.25
 EXPECT_WAIT_S = 1.0  # how long a large body waits for `100 Continue` before it goes anyway
 EXPECT_FROM = 1 << 20  # bodies from this size ask first (Expect: 100-continue)
+SEND_SLICE = 256 * 1024  # bytes sent per call, each within the read timeout
 
 
 @dataclass(frozen=True)
@@ -183,13 +184,26 @@ class _Expecting:
         self._expect, self._early = (1 if expect else 0), b""
         super().request(method, url, body, headers, **kw)  # type: ignore[misc]
 
+    send_timeout: float | None = None  # the read timeout, set per transport
+
     def send(self, data: Any) -> None:
         if self._expect == 1:  # the header block
             self._expect = 2
         elif self._expect == 2:
             self._expect = 0 if self._continue() else 3
-        if self._expect != 3:
+        if self._expect == 3:
+            return
+        # urllib3 sends with the connect timeout, and `sendall` counts its timeout over the
+        # whole call: a 16 MiB body would have to go in 5 s. Sent in slices under the read
+        # timeout, a body fails only when no slice moves for that long.
+        if self.sock is not None and self.send_timeout:
+            self.sock.settimeout(self.send_timeout)
+        if not isinstance(data, bytes | bytearray | memoryview):
             super().send(data)  # type: ignore[misc]
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_SLICE):
+            super().send(view[start : start + SEND_SLICE])  # type: ignore[misc]
 
     def _continue(self) -> bool:
         if not wait_for_read(self.sock, timeout=EXPECT_WAIT_S):
@@ -256,6 +270,16 @@ class _Watched(_Expecting, HTTPConnection):
 
 class _WatchedTLS(_Expecting, HTTPSConnection):
     pass
+
+
+def _pools(send_timeout: float) -> dict[str, type]:
+    """Pool classes whose connections send under `send_timeout`."""
+    plain = type("_Sending", (_Watched,), {"send_timeout": send_timeout})
+    tls = type("_SendingTLS", (_WatchedTLS,), {"send_timeout": send_timeout})
+    return {
+        "http": type("_Pool", (_Pool,), {"ConnectionCls": plain}),
+        "https": type("_TLSPool", (_TLSPool,), {"ConnectionCls": tls}),
+    }
 
 
 class _Pool(HTTPConnectionPool):
@@ -326,7 +350,7 @@ class Transport:
             )
         else:
             self.http = urllib3.PoolManager(**options)
-        self.http.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        self.http.pool_classes_by_scheme = _pools(network.read_timeout)
 
     def deadline(self, size: int = 0) -> float:
         """Seconds a request moving `size` bytes may take in all."""

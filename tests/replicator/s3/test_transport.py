@@ -5,11 +5,13 @@ deadlines, pacing, proxies, trust and the debug trace, through the S3 operations
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
 
 import pytest
+import urllib3
 
 from replicator import config
 from replicator.errors import CopyError, Kind
@@ -368,3 +370,42 @@ def test_a_proxy_password_never_shows_in_an_error(monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", "http://ops:s3cr3t-proxy@127.0.0.1:9")
     error = failure(lambda: source("http://minio.example.test:9000").get("bbb", "k", 100))
     assert "s3cr3t-proxy" not in error.reason and "ops:****@" in error.reason
+
+
+def test_a_body_sent_slowly_but_steadily_lands_on_a_fresh_connection(serve, monkeypatch):
+    """urllib3 sends under the connect timeout, which `sendall` counts over the whole
+    body: a body that keeps moving must only fail when it stops for the read timeout."""
+    from replicator.s3 import transport
+
+    monkeypatch.setattr(transport, "CONNECT_TIMEOUT_S", 0.5)
+    size = 2 << 20
+    got: list[int] = []
+
+    def script(peer: Peer) -> None:
+        head = peer.request() or ""
+        if "Expect: 100-continue" in head:
+            peer.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        read = 0
+        while read < size:  # ~320 KiB/s: the body takes seconds, always moving
+            time.sleep(0.1)
+            read += len(peer.file.read1(32 * 1024))
+        got.append(read)
+        peer.send(b'HTTP/1.1 200 OK\r\nETag: "t"\r\nContent-Length: 0\r\n\r\n')
+        peer.wait_closed()
+
+    server = serve(script)
+    # Small kernel buffers on both ends: the body cannot hide in MiBs of them.
+    server.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    env = {"MINIO_URL": "http://127.0.0.1:9", "AWS_URL": server.url(), "MIRROR_READ_TIMEOUT": "20"}
+    settings = config.load({**ENV, **env})
+    target = S3(settings.target, settings, "target")
+    small = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)]
+    target.transport.http.connection_pool_kw["socket_options"] = (
+        urllib3.connection.HTTPConnection.default_socket_options + small
+    )
+    started = time.monotonic()
+    status, _, _ = target.request(
+        "PUT", "ccc", "k", headers={"Content-Length": str(size)}, body=b"x" * size
+    )
+    assert status == 200 and got == [size]
+    assert time.monotonic() - started > 1  # far longer than the connect timeout
