@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -421,6 +422,16 @@ def parse_file(name: str, value: str) -> str:
     return value
 
 
+def parse_ca_bundle(name: str, value: str) -> str:
+    """A file of PEM CA certificates that OpenSSL can load."""
+    parse_file(name, value)
+    try:
+        ssl.create_default_context(cafile=value)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(name, value, f"a PEM CA bundle ({exc.strerror or exc})") from None
+    return value
+
+
 def parse_choice(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, value: str) -> str:
         if value.lower() not in choices:
@@ -532,9 +543,9 @@ def load(environ: Mapping[str, str] | None = None, *, need_target: bool = True) 
         aws_region=region or None,
         minio_region=env.get("MINIO_REGION", parse_region, "us-east-1"),
         tls_verify=env.get("MIRROR_TLS_VERIFY", parse_bool, True),
-        ca_bundle=env.get("MIRROR_CA_BUNDLE", parse_file, None),
-        source_ca_bundle=env.get("MINIO_CA_BUNDLE", parse_file, None),
-        target_ca_bundle=env.get("AWS_CA_BUNDLE", parse_file, None),
+        ca_bundle=env.get("MIRROR_CA_BUNDLE", parse_ca_bundle, None),
+        source_ca_bundle=env.get("MINIO_CA_BUNDLE", parse_ca_bundle, None),
+        target_ca_bundle=env.get("AWS_CA_BUNDLE", parse_ca_bundle, None),
         read_timeout_s=env.get(
             "MIRROR_READ_TIMEOUT", parse_duration(1, 86_400, "60"), READ_TIMEOUT_S
         ),

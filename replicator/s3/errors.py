@@ -75,6 +75,8 @@ def from_exception(side: str, exc: BaseException, network: Network) -> CopyError
     if isinstance(exc, DeadlineExceeded):
         return broken(side, str(exc))
     if isinstance(exc, u3.ProxyError):
+        if isinstance(exc.__cause__ or getattr(exc, "original_error", None), ssl.SSLError):
+            return _tls(side, exc, network, " of the proxy")
         return down(side, f"proxy {mask(network.proxy or '', url=True)}: {_cause(exc)}")
     if isinstance(exc, u3.SSLError | ssl.SSLError):
         return _tls(side, exc, network)
@@ -89,12 +91,12 @@ def from_exception(side: str, exc: BaseException, network: Network) -> CopyError
     return CopyError(Kind.PERMANENT, f"{side}: unexpected {exc!r}", side)
 
 
-def _tls(side: str, exc: BaseException, network: Network) -> CopyError:
+def _tls(side: str, exc: BaseException, network: Network, whose: str = "") -> CopyError:
     text = _cause(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return CopyError(
             Kind.PERMANENT,
-            f"{side} TLS certificate not trusted ({text}): add the CA that signed it with "
+            f"{side} TLS certificate{whose} not trusted ({text}): add the CA that signed it with "
             f"{network.bundle_variable} (or MIRROR_CA_BUNDLE, or the system store via "
             "SSL_CERT_FILE)",
             side,
@@ -106,7 +108,14 @@ def _tls(side: str, exc: BaseException, network: Network) -> CopyError:
 
 
 def _cause(exc: BaseException) -> str:
-    """The innermost reason, without urllib3's wrapping (`<...object at 0x..>: ...`)."""
+    """The innermost reason in plain words, without urllib3's wrapping (`<... object at
+    0x..>: `, `Pool(host=..., port=...): `, `('Connection aborted.', TimeoutError(...))`)."""
     reason = getattr(exc, "reason", None) or exc.__cause__ or exc
+    if isinstance(reason, u3.ProtocolError) and len(reason.args) == 2:
+        inner = reason.args[1]
+        if isinstance(inner, TimeoutError):
+            return f"{reason.args[0]} no progress within the timeout"
+        return f"{reason.args[0]} {inner}"
     text = str(reason)
-    return re.sub(r"<[^>]* object at 0x[0-9a-f]+>: ", "", text)
+    text = re.sub(r"<[^>]* object at 0x[0-9a-f]+>: ", "", text)
+    return re.sub(r"\b_?\w*\(host='[^']*', port=\d+\): ", "", text)

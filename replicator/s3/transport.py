@@ -22,7 +22,9 @@ network's conventions are honoured in one place (rclone's `fs/fshttp` is the mod
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import ipaddress
 import logging
 import random
 import socket
@@ -33,7 +35,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -66,12 +68,32 @@ class Network:
 
 
 def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for `url` (`NO_PROXY` honoured), or None."""
+    """The proxy the environment names for `url`, or None: `NO_PROXY` honoured as curl
+    and Go read it (names, `.domain`, `*`, and IP ranges like `10.0.0.0/8`), and a proxy
+    given without a scheme taken as `http://`."""
     proxies = urllib.request.getproxies_environment()
     parts = urlsplit(url)
     if urllib.request.proxy_bypass_environment(parts.netloc, proxies):
         return None
-    return proxies.get(parts.scheme)
+    if _in_ranges(parts.hostname or "", proxies.get("no", "")):
+        return None
+    proxy = proxies.get(parts.scheme)
+    if proxy and "://" not in proxy:
+        proxy = f"http://{proxy}"
+    return proxy
+
+
+def _in_ranges(host: str, no_proxy: str) -> bool:
+    """Whether `host` is an IP address inside a CIDR range of NO_PROXY."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    for entry in no_proxy.split(","):
+        with contextlib.suppress(ValueError):
+            if "/" in entry and address in ipaddress.ip_network(entry.strip(), strict=False):
+                return True
+    return False
 
 
 def tls_context(verify: bool, bundles: Iterable[str]) -> ssl.SSLContext:
@@ -83,6 +105,13 @@ def tls_context(verify: bool, bundles: Iterable[str]) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+@functools.cache
+def _quiet_insecure_warnings() -> None:
+    """MIRROR_TLS_VERIFY=false: said once here, not by urllib3 on every request."""
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    log.warning("MIRROR_TLS_VERIFY=false: TLS certificates are not verified")
 
 
 class DeadlineExceeded(OSError):
@@ -335,18 +364,21 @@ class Transport:
             "retries": False,
             "timeout": self.timeout,
         }
+        trust = tls_context(network.verify, network.bundles)
         if self.url.scheme == "https":
-            options["ssl_context"] = tls_context(network.verify, network.bundles)
+            options["ssl_context"] = trust
             if not network.verify:
                 options.update(cert_reqs="CERT_NONE", assert_hostname=False)
+        if not network.verify:
+            _quiet_insecure_warnings()
         if network.proxy:
             proxy = urlsplit(network.proxy)
             headers = None
-            if proxy.username:  # credentials in the proxy URL: Basic auth to the proxy
-                auth = f"{proxy.username}:{proxy.password or ''}"
+            if proxy.username:  # credentials in the proxy URL: Basic auth, decoded as curl does
+                auth = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
                 headers = urllib3.make_headers(proxy_basic_auth=auth)
             self.http: urllib3.PoolManager = urllib3.ProxyManager(
-                network.proxy, proxy_headers=headers, **options
+                network.proxy, proxy_headers=headers, proxy_ssl_context=trust, **options
             )
         else:
             self.http = urllib3.PoolManager(**options)
@@ -373,6 +405,7 @@ class Transport:
             headers = {**headers, "Expect": "100-continue"}
         started = time.monotonic()
         status: int | str = "-"
+        received = "-"
         try:
             with WATCHDOG.bound(self.deadline(size)) as block:
                 try:
@@ -393,18 +426,20 @@ class Transport:
                         ) from exc
                     raise
             status = answer.status
+            received = answer.headers.get("content-length", "-")
             return answer
         finally:
             if log.isEnabledFor(logging.DEBUG):
                 parts = urlsplit(url)
                 log.debug(
-                    "s3 %s %s%s %s %.1f ms %d bytes",
+                    "s3 %s %s%s %s %.1f ms %d bytes sent, %s received",
                     method,
                     parts.netloc,
                     parts.path,
                     status,
                     (time.monotonic() - started) * 1000,
                     size,
+                    received,
                 )
 
     def read(self, answer: urllib3.BaseHTTPResponse, size: int) -> Iterator[bytes]:

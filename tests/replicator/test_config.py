@@ -1,5 +1,6 @@
 """Configuration parsing: seed variables, defaults and the exit-2 messages."""
 
+import certifi
 import pytest
 
 from replicator import config
@@ -243,11 +244,17 @@ def test_secrets_list_for_log_scrubbing():
     assert "s3cr3t" not in repr(s)
 
 
-def test_ca_bundle_must_exist(tmp_path):
-    assert error(MIRROR_CA_BUNDLE=str(tmp_path / "none.pem")).startswith("MIRROR_CA_BUNDLE:")
+@pytest.mark.parametrize("variable", ["MIRROR_CA_BUNDLE", "MINIO_CA_BUNDLE", "AWS_CA_BUNDLE"])
+def test_a_ca_bundle_must_be_a_pem_file_openssl_loads(tmp_path, variable):
+    assert error(**{variable: str(tmp_path / "none.pem")}).startswith(f"{variable}:")
     bundle = tmp_path / "ca.pem"
     bundle.write_text("x")
-    assert load(MIRROR_CA_BUNDLE=str(bundle), MIRROR_TLS_VERIFY="false").ca_bundle == str(bundle)
+    assert "is not a PEM CA bundle" in error(**{variable: str(bundle)})
+    first = certifi.contents().split("-----END CERTIFICATE-----")[0]  # a real root CA
+    bundle.write_text(first + "-----END CERTIFICATE-----\n")
+    settings = load(**{variable: str(bundle)})
+    found = {settings.ca_bundle, settings.source_ca_bundle, settings.target_ca_bundle}
+    assert str(bundle) in found
 
 
 class Asking(dict):

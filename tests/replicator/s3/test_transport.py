@@ -409,3 +409,33 @@ def test_a_body_sent_slowly_but_steadily_lands_on_a_fresh_connection(serve, monk
     )
     assert status == 200 and got == [size]
     assert time.monotonic() - started > 1  # far longer than the connect timeout
+
+
+@pytest.mark.parametrize(
+    "proxy, no_proxy, url, expected",
+    [
+        ("proxy.corp:3128", "", "https://s3.amazonaws.com", "http://proxy.corp:3128"),
+        ("http://proxy.corp:3128", "10.0.0.0/8", "http://10.1.2.3:9000", None),
+        ("http://proxy.corp:3128", "10.0.0.0/8", "http://11.1.2.3:9000", "http://proxy.corp:3128"),
+        ("http://proxy.corp:3128", ".corp.example", "http://minio.corp.example:9000", None),
+        ("http://proxy.corp:3128", "*", "http://minio:9000", None),
+    ],
+    ids=["no-scheme", "cidr-in", "cidr-out", "domain", "star"],
+)
+def test_the_proxy_is_chosen_as_curl_and_go_choose_it(monkeypatch, proxy, no_proxy, url, expected):
+    from replicator.s3.transport import proxy_for
+
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    assert proxy_for(url) == expected
+
+
+def test_proxy_credentials_are_percent_decoded_for_basic_auth(serve, monkeypatch):
+    import base64
+
+    proxy = serve(answers(GOOD))
+    monkeypatch.setenv("HTTP_PROXY", f"http://svc%40corp:p%3Ass@127.0.0.1:{proxy.port}")
+    assert source("http://minio.example.test:9000").get("bbb", "k", limit=100)[1] == BODY
+    sent = base64.b64encode(b"svc@corp:p:ss").decode()
+    assert f"proxy-authorization: basic {sent}".lower() in proxy.heads[0].lower()
