@@ -30,6 +30,7 @@ from .copier import Copier, Outcome
 from .digest import Digest
 from .errors import CopyError, Kind
 from .policy import Decision
+from .s3.transport import MIN_RATE
 from .task import MalformedTask, Task
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,16 @@ class Endpoint:
             self.up()
 
 
+def copy_deadline_s(settings: Settings, size: int | None) -> float:
+    """How long one task's copy may take, in-process tries included: each try's requests
+    end within the read timeout plus their bytes at the transport's minimum rate. A task
+    without a size (rare: events and listings give one) has none."""
+    if size is None:
+        return float("inf")
+    per_try = settings.read_timeout_s + size / MIN_RATE
+    return IN_PROCESS_ATTEMPTS * per_try + 10  # + the tries' jittered waits
+
+
 @dataclass
 class Delivery:
     tag: int
@@ -190,6 +201,8 @@ class Worker:
         self._usual_s = 0.0  # a copy's usual duration (moving average), for LONG_TIMES
         self._wake = threading.Lock()
         self._woken = False
+        self._copying: dict[int, float] = {}  # copy thread -> its copy's deadline
+        self._copying_lock = threading.Lock()
 
     # ---- copy threads -------------------------------------------------------------
 
@@ -273,13 +286,31 @@ class Worker:
         policy.record(decision)
         endpoint.held()
 
+    def ready(self) -> bool:
+        """/readyz: consuming, and no copy running past its deadline (a stuck copy must
+        not hide behind a 200 while the work waits)."""
+        now = time.monotonic()
+        with self._copying_lock:
+            stuck = any(deadline < now for deadline in self._copying.values())
+        return self.consuming.is_set() and not stuck
+
     def _copy(self, task: Task, replay: bool) -> Outcome:
         """The copy, with in-process retries of transient failures (tenacity is entered
-        only after a first failure: most copies succeed at once)."""
+        only after a first failure: most copies succeed at once), under its deadline."""
+        me = threading.get_ident()
+        with self._copying_lock:
+            self._copying[me] = time.monotonic() + copy_deadline_s(self.settings, task.size)
+        try:
+            return self._tries(task, replay)
+        finally:
+            with self._copying_lock:
+                self._copying.pop(me, None)
+
+    def _tries(self, task: Task, replay: bool) -> Outcome:
         try:
             return self.copier.copy(task, replay=replay)
         except CopyError as exc:
-            if exc.kind is not Kind.TRANSIENT:
+            if exc.kind is not Kind.TRANSIENT or exc.retried:  # retried where it failed
                 raise
         self.stopping.wait(random.uniform(0, 0.4))
         return self.retrying(self.copier.copy, task, replay=True)
@@ -349,7 +380,7 @@ class Worker:
     # ---- the connection thread ----------------------------------------------------
 
     def run(self) -> None:
-        health.serve(self.settings.metrics_address, self.consuming.is_set)
+        health.serve(self.settings.metrics_address, self.ready)
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="copy") as pool:

@@ -324,3 +324,38 @@ def test_only_what_mirror_exclude_matched_counts_as_excluded(stack, buckets):
 
 
 LABELS = ("excluded", "out_of_scope")
+
+
+def test_readyz_goes_503_while_a_copy_runs_past_its_deadline(worker, monkeypatch):
+    """A stuck copy must not hide behind a 200: /readyz reads `ready`, which is false
+    while any copy thread has run past its copy's deadline, and true again after."""
+    src, work = worker
+    assert worker_module.copy_deadline_s(work.settings, None) == float("inf")
+    assert worker_module.copy_deadline_s(work.settings, 32 * 1024) == 3 * (60 + 1) + 10
+    work.consuming.set()
+    release = threading.Event()
+
+    def stuck(task, replay=False):
+        release.wait(30)
+        raise RuntimeError("released")
+
+    monkeypatch.setattr(work.copier, "copy", stuck)
+    monkeypatch.setattr(worker_module, "copy_deadline_s", lambda settings, size: 0.2)
+    assert work.ready()
+    task = Task(bucket=src, key="k", origin="stream", size=1)
+
+    def copy_stuck() -> None:
+        with pytest.raises(RuntimeError):
+            work._copy(task, False)
+
+    copying = threading.Thread(target=copy_stuck)
+    copying.start()
+    try:
+        deadline = time.monotonic() + 10
+        while work.ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not work.ready()
+    finally:
+        release.set()
+        copying.join(10)
+    assert work.ready()
