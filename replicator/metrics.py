@@ -22,6 +22,9 @@ DEAD_LETTERED = Counter(f"{P}dead_lettered", "Tasks parked in the dead-letter qu
 HOLDS = Counter(
     f"{P}endpoint_holds", "Tasks held for a down endpoint, once per task per outage", ["side"]
 )
+ENDPOINT_UP = Gauge(
+    f"{P}endpoint_up", "1 while the worker finds the endpoint answering, 0 in an outage", ["side"]
+)
 LATENCY = Histogram(
     f"{P}replication_latency_seconds",
     "Source event to verified copy",

@@ -92,6 +92,7 @@ class Endpoint:
         self.down_since_wall = 0.0  # time.time(), compared with HELD_SINCE headers
         self.came_back = 0.0  # monotonic time the last outage ended
         self._held = 0  # tasks held in this outage
+        metrics.ENDPOINT_UP.labels(side).set(1)
 
     @property
     def down(self) -> bool:
@@ -135,11 +136,13 @@ class Endpoint:
             self.came_back, self._held = time.monotonic(), 0
             self._up = True
             self._back.set()
+            metrics.ENDPOINT_UP.labels(self.side).set(1)
         elif not up and self._up:
             self.down_since, self.down_since_wall = time.monotonic(), time.time()
             log.warning("%s unreachable: holding its work until it answers", self.side)
             self._up = False
             self._back.clear()
+            metrics.ENDPOINT_UP.labels(self.side).set(0)
             threading.Thread(target=self._watch, daemon=True, name=f"watch-{self.side}").start()
 
     def _watch(self) -> None:

@@ -117,6 +117,8 @@ def test_held_tasks_resume_the_moment_their_endpoint_answers_and_it_is_said_once
     stopping = threading.Event()
     endpoint = worker_module.Endpoint("target", answers.is_set, stopping)
     assert not endpoint.up()  # down: a watcher probes it from now on
+    up = "minio_s3_mirror_endpoint_up"
+    assert REGISTRY.get_sample_value(up, {"side": "target"}) == 0  # an alert's signal
     woke = []
 
     def hold() -> None:
@@ -144,6 +146,7 @@ def test_held_tasks_resume_the_moment_their_endpoint_answers_and_it_is_said_once
         "target is reachable again",
     ]
     assert "3 task(s) waited for it" in lines[1]
+    assert REGISTRY.get_sample_value(up, {"side": "target"}) == 1
 
 
 def test_stopping_releases_held_tasks():
