@@ -151,10 +151,17 @@ class CountingRelay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._open: list[socket.socket] = []
+        self._flowing = threading.Event()  # cleared by `pause`: nothing read, nothing sent
+        self._flowing.set()
 
     def bytes(self, direction: str = "upstream") -> int:
         with self._lock:
             return self.counts[direction]
+
+    def pause(self) -> None:
+        """Stop reading in both directions (a stall that pushes back, unlike toxiproxy's
+        `timeout` toxic, which keeps reading and drops what it reads)."""
+        self._flowing.clear()
 
     def start(self) -> CountingRelay:
         threading.Thread(target=self._accept, daemon=True).start()
@@ -162,6 +169,7 @@ class CountingRelay:
 
     def stop(self) -> None:
         self._listener.close()
+        self._flowing.set()
         with self._lock:
             for sock in self._open:
                 with contextlib.suppress(OSError):
@@ -191,7 +199,7 @@ class CountingRelay:
 
     def _pump(self, source: socket.socket, sink: socket.socket, direction: str) -> None:
         try:
-            while chunk := source.recv(65536):
+            while self._flowing.wait() and (chunk := source.recv(65536)):
                 sink.sendall(chunk)
                 with self._lock:
                     self.counts[direction] += len(chunk)

@@ -211,6 +211,7 @@ class _Expecting:
         WATCHDOG.watch(self)  # type: ignore[arg-type]
         expect = any(str(k).lower() == "expect" for k in (headers or {}))
         self._expect, self._early = (1 if expect else 0), b""
+        self._sent: list[tuple[float, int]] = []  # (time, body bytes sent) per slice
         super().request(method, url, body, headers, **kw)  # type: ignore[misc]
 
     send_timeout: float | None = None  # the read timeout, set per transport
@@ -232,7 +233,11 @@ class _Expecting:
             return
         view = memoryview(data)
         for start in range(0, len(view), SEND_SLICE):
-            super().send(view[start : start + SEND_SLICE])  # type: ignore[misc]
+            piece = view[start : start + SEND_SLICE]
+            super().send(piece)  # type: ignore[misc]
+            if self._expect == 0 and len(piece) == SEND_SLICE:  # body slices: the pace
+                total = self._sent[-1][1] if self._sent else 0
+                self._sent.append((time.monotonic(), total + len(piece)))
 
     def _continue(self) -> bool:
         if not wait_for_read(self.sock, timeout=EXPECT_WAIT_S):
@@ -253,11 +258,29 @@ class _Expecting:
     def getresponse(self) -> Any:
         if self._early:
             self.response_class = _early_response(self._early)  # type: ignore[misc]
+        drain = _drain_s(getattr(self, "_sent", []))
+        if drain and self.timeout is not None:
+            self.timeout = self.timeout + drain  # type: ignore[has-type]
         try:
             return super().getresponse()  # type: ignore[misc]
         finally:
             self._early = b""
             self.__dict__.pop("response_class", None)
+
+
+def _drain_s(sent: list[tuple[float, int]]) -> float:
+    """How long the bytes of a body still held in buffers on the way (ours, a proxy's)
+    may take to reach the server, which answers only once it has them all: the server
+    is silent meanwhile, and that silence is not a stall. Estimated from the pace the
+    path took the body's last half at (once buffers were full) against the bytes sent."""
+    if len(sent) < 4:
+        return 0.0
+    (t0, _), (tm, bm), (t1, b1) = sent[0], sent[len(sent) // 2], sent[-1]
+    if t1 - tm < 1.0:
+        return 0.0  # taken at once: nothing waits in buffers for long
+    pace = (b1 - bm) / (t1 - tm)  # bytes/s the path accepts
+    held = b1 - pace * (t1 - t0)  # what went faster than that pace: still in buffers
+    return max(held, 0.0) / pace
 
 
 def _early_response(early: bytes) -> Any:
