@@ -388,7 +388,7 @@ def test_broken_framing_or_bytes_never_land_and_other_keys_do(
     worker = start(procs, front, src, dst, MIRROR_MAX_WORKERS="4")
 
     publish_all(rabbit, src, [seeded, absent])
-    wait_for_keys(target, dst, {seeded, *HEALTHY}, timeout=120)
+    wait_for_keys(target, dst, {seeded, *HEALTHY}, timeout=240)  # a loaded 2-core box
     dlq = settle(rabbit, worker, [seeded, absent])
 
     # The previous good copy stays as it was; the key the target lacked stays absent.
@@ -424,7 +424,7 @@ def test_extra_bytes_after_a_body_never_become_the_next_answer(
     worker = start(procs, front, src, dst, MIRROR_MAX_WORKERS="1")
 
     publish_all(rabbit, src, [absent])
-    wait_for_keys(target, dst, set(HEALTHY), timeout=120)
+    wait_for_keys(target, dst, set(HEALTHY), timeout=240)
     settle(rabbit, worker, [absent])
     local_stack.wait_until(
         lambda: set(HEALTHY) <= copied(worker) | set(parked(rabbit)), 120, "every healthy task"
@@ -449,7 +449,7 @@ def test_a_stalled_source_answer_fails_within_the_read_timeout(
 
     publish_all(rabbit, src, [seeded, absent])
     # Two of four copy threads meet a stall: the other keys still land, promptly.
-    wait_for_keys(target, dst, {seeded, *HEALTHY}, timeout=120)
+    wait_for_keys(target, dst, {seeded, *HEALTHY}, timeout=240)  # a loaded 2-core box
     assert mismatched(source, target, src, dst, HEALTHY) == []
 
     # Each stalled answer is given up within the read timeout (measured at the proxy:
