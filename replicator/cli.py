@@ -77,7 +77,9 @@ def main() -> None:
 @click.option(
     "--dry-run", is_flag=True, default=None, help="List what would be copied (MIRROR_DRY_RUN)."
 )
-@click.option("--prefix", default=None, help="Only this prefix in every pair (MIRROR_PREFIX).")
+@click.option(
+    "--prefix", default=None, help="Only this folder in every pair: o/0 means o/0/ (MIRROR_PREFIX)."
+)
 def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
     """Mirror every configured pair once with `mc mirror` (the nightly job).
 
@@ -174,7 +176,9 @@ def work() -> None:
 
 
 @main.command()
-@click.option("--prefix", default=None, help="Only this prefix in every pair (MIRROR_PREFIX).")
+@click.option(
+    "--prefix", default=None, help="Only this folder in every pair: o/0 means o/0/ (MIRROR_PREFIX)."
+)
 @click.option(
     "--pair", "pair_specs", multiple=True, help="Only this pair (minio/<b>:aws/<b>); repeatable."
 )

@@ -390,7 +390,7 @@ def check_key_path(name: str, value: str, what: str) -> None:
 
 
 def parse_prefix(name: str, value: str) -> str:
-    expected = "a key prefix relative to the bucket (example: 2025/01/22)"
+    expected = "a folder relative to the bucket: 2025/01/22 means 2025/01/22/ (example: 2025/01/22)"
     if value.startswith("/"):
         raise ConfigError(name, value, f"{expected}, without a leading '/'")
     check_key_path(name, value, expected)
@@ -813,7 +813,7 @@ VARIABLES: tuple[Variable, ...] = (
     _v(
         "MIRROR_PREFIX",
         "none",
-        "key prefix without a leading `/` (`2025/01/22`)",
+        "a folder without a leading `/` (`2025/01/22` means `2025/01/22/`)",
         ("reconcile", "listen", "work", "backfill"),
         "only this folder in every pair (cost scoping)",
         _PAIRS,

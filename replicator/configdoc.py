@@ -42,7 +42,10 @@ configuration error: MIRROR_MAX_PAIRS: "0" is not an integer from 1 to 64 (examp
   (the target). A path after the bucket maps one folder onto another:
   `minio/src/incoming:aws/archive/2025` copies `incoming/x` to `2025/x`.
 - **`MIRROR_PREFIX` narrows every pair** to that folder (under the pair's path, on both
-  sides). A prefix is a folder: `2025/01/2` does not match `2025/01/22/...`. A prefix that
+  sides). A prefix is a folder, for every command alike: `o/0` (or `o/0/`) means `o/0/`,
+  so of the keys `o/000001`, `o/0-big` and `o/0/inside` only `o/0/inside` is listed and
+  copied; `2025/01/2` does not match `2025/01/22/...`. "Excluded" in a report counts only
+  what `MIRROR_EXCLUDE` matched, relative to the folder. A prefix that
   holds nothing yet is reported as a note, not a failure. A leading `/`, or a `.` or `..`
   segment, exits 2.
 - **`MIRROR_EXCLUDE` patterns** match the way `mc mirror --exclude` matches: against the

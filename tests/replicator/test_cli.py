@@ -98,7 +98,7 @@ def test_prefix_that_can_never_be_a_key_exits_2(env, command, prefix):
     result = run(env, command, "--prefix", prefix)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f'configuration error: --prefix: "{prefix}" is not a key prefix'), line
+    assert line.startswith(f'configuration error: --prefix: "{prefix}" is not a folder'), line
 
 
 @pytest.mark.parametrize(
