@@ -184,17 +184,22 @@ class _Watchdog:
 WATCHDOG = _Watchdog()
 
 
-class _Expecting:
-    """`Expect: 100-continue` for large bodies (http.client sends a body at once, and a
-    target refusing it early, say with a 403, would be read as a connection reset).
+class _Connection:
+    """What urllib3's connections lack for S3 on real links (a mixin over them):
 
-    After the header block, the first body send waits up to EXPECT_WAIT_S for the
-    server's word: `100 Continue` (consumed here) sends the body; a final answer sends
-    none of it, is handed to the response reader as it came, and the connection is shut
-    for writing so that it is never used again; silence sends the body anyway (RFC 9110).
+    - the watchdog sees each request go out (`request`);
+    - bodies go in slices under the read timeout, not under the connect timeout (`send`);
+    - `Expect: 100-continue` for large bodies (http.client sends a body at once, and a
+      target refusing it early, say with a 403, would read as a connection reset): after
+      the header block, the first body send waits up to EXPECT_WAIT_S for the server's
+      word. `100 Continue` (consumed here) sends the body; a final answer sends none of
+      it, is handed to the response reader as it came, and the connection is shut for
+      writing so that it is never used again; silence sends the body anyway (RFC 9110);
+    - the wait for the answer to a body allows for bytes still in buffers (`_drain_s`).
     """
 
     sock: Any
+    send_timeout: float | None = None  # the read timeout, set per transport
     _expect = 0  # 1: header block next, 2: body next (wait first), 3: refused
     _early = b""  # a final answer read while waiting, for the response reader
     _spent = False  # refused early: its body was promised and never sent, never reuse it
@@ -213,8 +218,6 @@ class _Expecting:
         self._expect, self._early = (1 if expect else 0), b""
         self._sent: list[tuple[float, int]] = []  # (time, body bytes sent) per slice
         super().request(method, url, body, headers, **kw)  # type: ignore[misc]
-
-    send_timeout: float | None = None  # the read timeout, set per transport
 
     def send(self, data: Any) -> None:
         if self._expect == 1:  # the header block
@@ -316,11 +319,11 @@ class _Prefixed(io.RawIOBase):
         super().close()
 
 
-class _Watched(_Expecting, HTTPConnection):
+class _Watched(_Connection, HTTPConnection):
     pass
 
 
-class _WatchedTLS(_Expecting, HTTPSConnection):
+class _WatchedTLS(_Connection, HTTPSConnection):
     pass
 
 
