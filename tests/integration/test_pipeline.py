@@ -92,6 +92,40 @@ def assert_identical(target, bucket: str, objects, ignore: str = "\0") -> None:
         assert user == metadata, key
 
 
+def stream_connected(source, target, src: str, dst: str, timeout: float, *procs) -> None:
+    """Wait until a stream listener (with MIRROR_EXCLUDE=*.pad) gets events through: it
+    misses what happens before it connects, so probe until one is copied. The pinned
+    MinIO holds its listen answer in a 4 KiB buffer (its trackingResponseWriter does not
+    flush): excluded padding objects push the real events out. On a timeout, the tails of
+    `procs`' logs say why."""
+    pads = iter(range(1_000_000))
+
+    def connected() -> bool:
+        source.put_object(Bucket=src, Key=f"probe/{next(pads)}", Body=b"")
+        source.put_object(Bucket=src, Key=f"pad/{next(pads)}-{'p' * 200}.pad", Body=b"")
+        return any(key.startswith("probe/") for key in target_keys(target, dst))
+
+    try:
+        local_stack.wait_until(connected, timeout, "a probe copied (the listener connected)")
+    except TimeoutError as error:
+        tails = [f"{p.args[0]}: {p.log.read_text(errors='replace')[-1500:]}" for p in procs]
+        raise AssertionError("\n".join([str(error), *tails])) from None
+
+
+def stream_delivered(source, target, src: str, dst: str, keys, timeout: float) -> None:
+    """Wait until every key reached the target through a stream listener, pushing the
+    last events out of MinIO's listen buffer with excluded padding (`stream_connected`)."""
+    pads = iter(range(1_000_000))
+
+    def arrived() -> bool:
+        if set(keys) <= target_keys(target, dst):
+            return True
+        source.put_object(Bucket=src, Key=f"pad/late-{next(pads)}-{'p' * 200}.pad", Body=b"")
+        return False
+
+    local_stack.wait_until(arrived, timeout, f"{len(keys)} objects through the stream")
+
+
 def pair_env(src: str, dst: str, **extra: str) -> dict[str, str]:
     return {"BUCKET_PAIR": f"minio/{src}:aws/{dst}", **extra}
 
@@ -331,28 +365,12 @@ def test_stream_mode_replicates_hard_keys_and_metadata(
     procs("listen", "--mode", "stream", **env)
     procs("work", **env, MIRROR_MAX_WORKERS="8")
     source, target = notifying.client(), stack.target.client()
-    pads = iter(range(1_000_000))
-
-    def arrived(keys: set[str]) -> bool:
-        # The pinned MinIO holds its listen response in a 4 KiB buffer (its
-        # trackingResponseWriter does not flush), so a quiet stream stalls: excluded
-        # padding objects push the last real events out.
-        if keys <= target_keys(target, dst):
-            return True
-        source.put_object(Bucket=src, Key=f"pad/{next(pads)}-{'p' * 200}.pad", Body=b"")
-        return False
-
-    def connected() -> bool:
-        # Stream mode misses what happens before it connects: probe until one arrives.
-        source.put_object(Bucket=src, Key=f"probe/{next(pads)}", Body=b"")
-        return any(key.startswith("probe/") for key in target_keys(target, dst))
-
-    local_stack.wait_until(connected, 120, "the listener to connect")
+    stream_connected(source, target, src, dst, 120)
     objects = mixed_objects(500)
 
     upload(source, src, objects)
 
-    local_stack.wait_until(lambda: arrived(set(objects)), 180, "500 objects")
+    stream_delivered(source, target, src, dst, objects, 180)
     assert_identical(target, dst, objects, ignore="probe/")
 
 

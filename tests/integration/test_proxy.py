@@ -29,7 +29,15 @@ from proxy import ForwardProxy
 
 from replicator.task import Task
 from tests.integration.conftest import dead_letters
-from tests.integration.test_pipeline import assert_identical, publish, ready, target_keys, upload
+from tests.integration.test_pipeline import (
+    assert_identical,
+    publish,
+    ready,
+    stream_connected,
+    stream_delivered,
+    target_keys,
+    upload,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -206,30 +214,10 @@ def test_stream_listener_goes_through_the_proxy(
     listener = spawn_cli("listen", "--mode", "stream", **env)
     worker = spawn_cli("work", **env, MIRROR_MAX_WORKERS="4")
     source, target = stack.source.client(), stack.target.client()
-    pads = iter(range(1_000_000))
-
-    def connected() -> bool:
-        # Probes until one arrives (stream mode misses what happens before it connects);
-        # padding pushes events out of the pinned MinIO's 4 KiB listen buffer.
-        source.put_object(Bucket=src, Key=f"probe/{next(pads)}", Body=b"")
-        source.put_object(Bucket=src, Key=f"pad/{next(pads)}-{'p' * 200}.pad", Body=b"")
-        return any(key.startswith("probe/") for key in target_keys(target, dst))
-
-    try:
-        local_stack.wait_until(connected, 90, "a probe copied (the listener connected)")
-    except TimeoutError as error:
-        tails = [f"{p.args[0]}: {p.log.read_text()[-1500:]}" for p in (listener, worker)]
-        raise AssertionError("\n".join([str(error), *tails])) from None
+    stream_connected(source, target, src, dst, 90, listener, worker)
     wanted = {k: v for k, v in objects().items() if k.startswith("small/")}
     upload(source, src, wanted)
-
-    def arrived() -> bool:
-        if set(wanted) <= target_keys(target, dst):
-            return True
-        source.put_object(Bucket=src, Key=f"pad/{next(pads)}-{'p' * 200}.pad", Body=b"")
-        return False
-
-    local_stack.wait_until(arrived, 120, "the objects through the stream listener")
+    stream_delivered(source, target, src, dst, wanted, 120)
     assert_identical(target, dst, wanted, ignore="probe/")
     through_the_proxy(forward_proxy, route)
     if route == "proxy":  # the listener's own long request is among them

@@ -28,7 +28,15 @@ from proxy import ForwardProxy
 
 from replicator.task import Task
 from tests.integration.conftest import dead_letters
-from tests.integration.test_pipeline import assert_identical, publish, ready, target_keys, upload
+from tests.integration.test_pipeline import (
+    assert_identical,
+    publish,
+    ready,
+    stream_connected,
+    stream_delivered,
+    target_keys,
+    upload,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -314,32 +322,12 @@ def test_stream_listener_copies_over_tls_with_minio_ca_bundle(tls_stack, spawn_c
     src, dst = tls_stack.bucket("source"), tls_stack.bucket("target")
     env = tls_stack.env(src, dst, MIRROR_EXCLUDE="*.pad")
     listener = spawn_cli("listen", "--mode", "stream", **env)
-    spawn_cli("work", **env, MIRROR_MAX_WORKERS="4")
+    worker = spawn_cli("work", **env, MIRROR_MAX_WORKERS="4")
     source, target = tls_stack.source.client(), tls_stack.target.client()
-    pads = iter(range(1_000_000))
-
-    def connected() -> bool:
-        # Stream mode misses what happens before it connects: probe until one arrives.
-        # The pinned MinIO holds its listen answer in a 4 KiB buffer: excluded padding
-        # objects push the real events out (as in test_pipeline).
-        source.put_object(Bucket=src, Key=f"probe/{next(pads)}", Body=b"")
-        source.put_object(Bucket=src, Key=f"pad/{next(pads)}-{'p' * 200}.pad", Body=b"")
-        return any(key.startswith("probe/") for key in target_keys(target, dst))
-
-    try:
-        local_stack.wait_until(connected, 120, "the listener to connect over TLS")
-    except TimeoutError as error:
-        raise AssertionError(f"{error}:\n{listener.log.read_text()[-3000:]}") from None
+    stream_connected(source, target, src, dst, 120, listener, worker)
     wanted = objects()
     upload(source, src, wanted)
-
-    def arrived() -> bool:
-        if set(wanted) <= target_keys(target, dst):
-            return True
-        source.put_object(Bucket=src, Key=f"pad/{next(pads)}-{'p' * 200}.pad", Body=b"")
-        return False
-
-    local_stack.wait_until(arrived, 180, "every object through the stream listener")
+    stream_delivered(source, target, src, dst, wanted, 180)
     assert_identical(target, dst, wanted, ignore="probe/")
 
 
