@@ -448,7 +448,8 @@ class Transport:
                 except Exception as exc:
                     if block.late:
                         raise DeadlineExceeded(
-                            f"no complete answer within its deadline of {self.deadline(size):.0f} s"
+                            f"timed out: no complete answer within its deadline of "
+                            f"{self.deadline(size):.0f} s"
                         ) from exc
                     raise
             status = answer.status
@@ -477,7 +478,8 @@ class Transport:
             except Exception as exc:
                 if block.late:
                     raise DeadlineExceeded(
-                        f"body not read within its deadline of {self.deadline(size):.0f} s"
+                        "timed out: body not read within its deadline of "
+                        f"{self.deadline(size):.0f} s"
                     ) from exc
                 raise
 

@@ -545,7 +545,14 @@ def test_interrupting_reconcile_stops_mc(stack, tmp_path, sig, code):
     mc = stub_mc(tmp_path, hanging(tmp_path, ANNOUNCED))
     env = {**base_env(stack), "BUCKET_PAIR": pair("src1", "cap1"), "MC_BINARY": str(mc)}
     cli = subprocess.Popen(
-        [CLI, "reconcile"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [CLI, "reconcile"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As from a terminal: a test run started in the background inherits SIGINT ignored,
+        # and Python then leaves it ignored (no KeyboardInterrupt to test).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         pid_file = tmp_path / "child.pid"

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import certifi
 import pytest
 import stack as local_stack
 
@@ -72,9 +73,11 @@ def test_mc_keeps_its_config_in_the_private_dir(stack, monkeypatch):
 def test_every_ca_bundle_reaches_mcs_certs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MC_BINARY", "/bin/true")
     bundles = {}
-    for name in ("MIRROR_CA_BUNDLE", "MINIO_CA_BUNDLE", "AWS_CA_BUNDLE"):
+    end = "-----END CERTIFICATE-----\n"
+    roots = certifi.contents().split(end)  # real CAs: a bundle must load in OpenSSL
+    for n, name in enumerate(("MIRROR_CA_BUNDLE", "MINIO_CA_BUNDLE", "AWS_CA_BUNDLE")):
         path = tmp_path / f"{name}.pem"
-        path.write_text(f"-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n")
+        path.write_text(f"\n{name}\n{roots[n].strip()}\n{end}")
         bundles[name] = str(path)
     settings = config.load({**PLAIN, **bundles})
     expected = set(bundles.values())
