@@ -713,6 +713,8 @@ def test_a_failing_part_is_sent_part_tries_times_and_the_worker_adds_none(stack,
         with pytest.raises(CopyError) as raised:
             retrying(copier.copy, Task(bucket=src, key=key, origin="backfill"))
         assert raised.value.kind is Kind.TRANSIENT and raised.value.retried
-        assert proxy.count(key, "PUT") == 2 * engine.PART_TRIES  # two parts, no more
+        # Two parts, each at most PART_TRIES (one failing for good ends the other's tries
+        # early): the worker's in-process retries would have doubled or tripled this.
+        assert engine.PART_TRIES <= proxy.count(key, "PUT") <= 2 * engine.PART_TRIES
     finally:
         proxy.stop()
