@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from backlog import bench_backlog
 from harness import (  # run.py's own folder: on sys.path when run as a script
     BIG,
     BIG_FREE,
@@ -528,6 +529,7 @@ SCENARIOS: dict[str, Callable[[Stack], list[Row]]] = {
     "small": bench_small,
     "large": bench_large,
     "head-of-line": bench_head_of_line,
+    "backlog": bench_backlog,
 }
 
 
