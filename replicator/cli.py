@@ -108,12 +108,6 @@ def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
     sys.exit(0 if run.ok else EXIT_FAILED)
 
 
-def copy_threads(settings: config.Settings) -> int:
-    """MIRROR_MAX_WORKERS, or (auto) 16: copies wait on the network, and the compiled S3
-    client releases the GIL while they do (16 measured faster than 8 on 2 cores)."""
-    return settings.max_workers or 16
-
-
 @main.command()
 @click.option(
     "--mode",
@@ -163,7 +157,8 @@ def listen(mode: str | None) -> None:
 
 @main.command()
 def work() -> None:
-    """Copy queued objects to the target (MIRROR_MAX_WORKERS copy threads).
+    """Copy queued objects to the target (MIRROR_MAX_WORKERS copies at once; auto fits
+    them to the link).
 
     Acks a task only after the copy is verified; transient errors are retried,
     permanent ones go to the dead-letter queue with their reason. SIGTERM drains.
@@ -171,8 +166,7 @@ def work() -> None:
     from .worker import Worker
 
     settings = load_settings()
-    threads = copy_threads(settings)
-    Worker(settings, concurrency=threads).run()
+    Worker(settings, concurrency=settings.max_workers).run()
 
 
 @main.command()

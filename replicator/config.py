@@ -830,7 +830,7 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     _v(
         "MIRROR_MAX_WORKERS",
-        "`auto` (reconcile: mc decides; work: 16 threads)",
+        "`auto` (reconcile: mc decides; work: fitted to the link, 8 to 64 copies at once)",
         "`auto` or 1 to 256",
         ("reconcile", "work", "backfill"),
         "parallel transfers",

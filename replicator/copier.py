@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,11 @@ MAX_PARTS = 10_000
 PART_BUDGET = 3 * PART_SIZE  # bytes of parts in memory at once, for the whole process
 PART_THREADS = 8
 PARTS_PER_UPLOAD = 3  # parts of one object in flight at once
+# A part's PUT idles two round trips (100 Continue, then the answer) holding its buffer.
+# Where the target is far (creating the upload took FAR_S or more), parts are half the
+# size and twice as many are in flight: more of the link busy for the same memory.
+FAR_S = 0.03
+FAR_PARTS = 2 * PARTS_PER_UPLOAD
 # Retries do not nest: a failed part has its PART_TRIES here and the worker adds none
 # (CopyError.retried), so a part that keeps failing is sent at most PART_TRIES times per
 # delivery, 3 x 5 = 15 times in a task's life with the default MIRROR_RETRY_DELAYS (four
@@ -177,6 +183,16 @@ class Reading:
 
 def _ignore(_: bytes) -> None:
     pass
+
+
+def layout(size: int, rtt_s: float) -> tuple[int, int]:
+    """(part size, parts in flight) for an object of `size` bytes, a round trip of
+    `rtt_s` away: at most 10,000 parts, and the same buffer memory near or far."""
+    if rtt_s >= FAR_S:
+        part_size, in_flight = PART_SIZE // 2, FAR_PARTS
+    else:
+        part_size, in_flight = PART_SIZE, PARTS_PER_UPLOAD
+    return max(part_size, math.ceil(size / MAX_PARTS)), in_flight
 
 
 def fingerprint(head: Head) -> str:
@@ -328,9 +344,11 @@ class Copier:
             if body is None:
                 body = self._read(task, source, 0, source.size - 1) if source.size else b""
             return self.target.put(bucket, key, body, source, metadata, when, tags)
+        asked = time.monotonic()
         upload = self.target.create_upload(bucket, key, source, metadata, tags, PART_CHECKSUM)
+        rtt_s = time.monotonic() - asked  # how far the target is, roughly
         try:
-            parts = self._upload_parts(task, source, bucket, key, upload)
+            parts = self._upload_parts(task, source, bucket, key, upload, rtt_s)
             return self.target.complete(bucket, key, upload, parts, when)
         except BaseException:
             self.target.abort(bucket, key, upload)
@@ -340,16 +358,17 @@ class Copier:
         return self.source.read(task.bucket, task.key, source.etag, start, end)
 
     def _upload_parts(
-        self, task: Task, source: Head, bucket: str, key: str, upload: str
+        self, task: Task, source: Head, bucket: str, key: str, upload: str, rtt_s: float
     ) -> list[dict[str, object]]:
-        """Parts in parallel; each holds a buffer from the process-wide budget, and a
-        failed part is retried alone."""
-        part_size = max(PART_SIZE, math.ceil(source.size / MAX_PARTS))
+        """Parts in parallel, as many and as large as `layout` says for a target `rtt_s`
+        away; each holds a buffer from the process-wide budget, and a failed part is
+        retried alone."""
+        part_size, parts_in_flight = layout(source.size, rtt_s)
         ranges = [
             (number, start, min(start + part_size, source.size) - 1)
             for number, start in enumerate(range(0, source.size, part_size), 1)
         ]
-        in_flight = threading.BoundedSemaphore(PARTS_PER_UPLOAD)
+        in_flight = threading.BoundedSemaphore(parts_in_flight)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(
                 lambda e: isinstance(e, CopyError) and e.kind in (Kind.TRANSIENT, Kind.DOWN)
@@ -363,7 +382,9 @@ class Copier:
 
         def one(number: int, start: int, end: int) -> dict[str, object]:
             if end - start + 1 > self.buffers.total:  # too large to hold: stream it
-                return self._stream_part(task, source, bucket, key, upload, read, number, start)
+                return self._stream_part(
+                    task, source, bucket, key, upload, read, number, start, end
+                )
             with contextlib.ExitStack() as held:
                 with read.turn(number) as digest:
                     held.enter_context(self.buffers.hold(end - start + 1))
@@ -403,13 +424,12 @@ class Copier:
         read: Reading,
         number: int,
         start: int,
+        end: int,
     ) -> dict[str, object]:
         """A part larger than the whole buffer budget (objects above ~470 GiB), read twice
         and never held: once for its CRC32 (and the object's MD5), once into the upload,
         which the target refuses unless the bytes match that CRC32 (both reads pinned by
         the ETag)."""
-        part_size = max(PART_SIZE, math.ceil(source.size / MAX_PARTS))
-        end = min(start + part_size, source.size) - 1
         crc = 0
         with read.turn(number) as digest:
             for piece in self.source.stream(task.bucket, task.key, source.etag, start, end):

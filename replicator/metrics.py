@@ -36,6 +36,9 @@ COPY_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 IN_FLIGHT = Gauge(f"{P}copies_in_flight", "Copies under way in this worker")
+CONCURRENCY_LIMIT = Gauge(
+    f"{P}copies_allowed", "Copies this worker may run at once (MIRROR_MAX_WORKERS, or auto's)"
+)
 UNACKED = Gauge(f"{P}tasks_unacked", "Tasks delivered to this worker and not yet acked")
 PENDING = Gauge(f"{P}tasks_pending", "Tasks ready in the work queue (not yet delivered)")
 

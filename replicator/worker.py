@@ -5,7 +5,8 @@ pika is not thread-safe: the main thread owns the connection and does all channe
 `add_callback_threadsafe` wake-up at a time. Finished deliveries are acked in batches
 without head-of-line blocking (see `_ack`); a retry or dead letter is published,
 confirmed, before its delivery is acked. Every failure goes through `policy.decide`, the
-one decision point.
+one decision point. How many copies run at once is the controller's to say
+(`replicator/concurrency.py`); the prefetch window follows it.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import pika
 import tenacity
 
 from . import broker, filters, health, message, metrics, policy, topology
+from .concurrency import Controller, Stopping
 from .config import Settings
-from .copier import Copier, Outcome
+from .copier import MULTIPART_THRESHOLD, Copier, Outcome
 from .digest import Digest
 from .errors import CopyError, Kind
 from .policy import Decision
@@ -40,7 +42,7 @@ PROBE_EVERY_S = 0.5  # an endpoint is probed at most this often, whatever the th
 PENDING_EVERY_S = 5  # how often the queue depth is read for the pending gauge
 STALLED_S = 30  # tasks ready, room to take them, no delivery this long: reconnect
 RECONNECT_S = (0.2, 5.0)  # first and longest wait before reconnecting to RabbitMQ
-PREFETCH_PER_THREAD = 4  # waiting messages per copy thread: hide the ack/deliver round trip
+PREFETCH_PER_THREAD = 4  # messages per allowed copy: hide the ack/deliver round trip
 # Finished deliveries are acked together, once they fill half the prefetch window: RabbitMQ
 # spent 0.13-0.18 CPU-ms per object acking every ~6 of them, 0.04-0.05 acking every ~36
 # (S1, 16 threads). A worker with nothing else outstanding acks at once: a trickle of
@@ -180,11 +182,14 @@ class Delivery:
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, concurrency: int) -> None:
+    def __init__(self, settings: Settings, *, concurrency: int | None) -> None:
+        """`concurrency`: copies at once, or None (auto) for the controller to fit."""
         self.settings = settings
-        self.concurrency = concurrency
         self.limits = policy.Limits(settings.retry_delays, settings.hold_max_s)
-        self.copier = Copier(settings, pool=concurrency * 2 + 2)
+        self.controller = Controller(concurrency, self._throttles)
+        self.threads = self.controller.threads
+        self.copier = Copier(settings, pool=self.threads * 2 + 2)
+        self._prefetch = self.controller.limit * PREFETCH_PER_THREAD  # the consumer's
         self.stopping = threading.Event()
         self.endpoints = {
             side: Endpoint(side, lambda side=side: self.copier.probe(side), self.stopping)
@@ -210,10 +215,22 @@ class Worker:
     # ---- copy threads -------------------------------------------------------------
 
     def handle(self, delivery: Delivery) -> Decision:
-        """One delivery to a decision; never raises."""
+        """One delivery to a decision, once the controller allows one more copy; never
+        raises."""
         if self.stopping.is_set():  # not started before SIGTERM: back to the queue
             return Decision("requeue", "worker stopping")
-        delivery.started_at = time.monotonic()
+        try:
+            with self.controller.slot(self.stopping) as holding:
+                delivery.started_at = time.monotonic()  # waiting for a slot is not copying
+                metrics.IN_FLIGHT.inc()
+                try:
+                    return self._tasks(delivery, holding)
+                finally:
+                    metrics.IN_FLIGHT.dec()
+        except Stopping:
+            return Decision("requeue", "worker stopping")
+
+    def _tasks(self, delivery: Delivery, holding) -> Decision:
         try:
             attempt = message.attempt(delivery.headers)
             tasks = message.parse(delivery.body)
@@ -226,19 +243,25 @@ class Worker:
             return decision
         # Seen before (redelivered, retried, replayed from the DLQ): likely copied already.
         replay = delivery.redelivered or message.FIRST_FAILURE in delivery.headers
-        metrics.IN_FLIGHT.inc()
-        try:
-            for task in tasks:
-                decision = self._one(task, attempt, replay, delivery)
-                if decision.action != "ack":
-                    delivery.subject = f"{task.bucket}/{task.key}"
-                    return decision
-        finally:
-            metrics.IN_FLIGHT.dec()
+        for task in tasks:
+            decision = self._one(task, attempt, replay, delivery, holding)
+            if decision.action != "ack":
+                delivery.subject = f"{task.bucket}/{task.key}"
+                return decision
         return Decision("ack")
 
+    def _throttles(self) -> float:
+        """Grows with every SlowDown (503, 429, Retry-After) either endpoint sent: the
+        transports' pacers set a later `until` each time."""
+        return sum(s3.transport.pacer.until for s3 in (self.copier.source, self.copier.target))
+
     def _one(
-        self, task: Task, attempt: int, replay: bool = False, delivery: Delivery | None = None
+        self,
+        task: Task,
+        attempt: int,
+        replay: bool = False,
+        delivery: Delivery | None = None,
+        holding=lambda size: None,
     ) -> Decision:
         """Copy one task, holding while an endpoint is down; the policy decides failures."""
         started = time.monotonic()
@@ -269,6 +292,8 @@ class Worker:
                 return decision
             for endpoint in self.endpoints.values():
                 endpoint.answered()
+            if outcome.bytes <= MULTIPART_THRESHOLD:  # held whole (parts have their budget)
+                holding(outcome.bytes)
             self._record(task, attempt, outcome, time.monotonic() - started)
             return Decision("ack", outcome.reason)
 
@@ -386,7 +411,7 @@ class Worker:
         health.serve(self.settings.metrics_address, self.ready)
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="copy") as pool:
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="copy") as pool:
             delay, down = RECONNECT_S[0], False
             while not self.stopping.is_set():
                 self._consumed = False
@@ -422,7 +447,6 @@ class Worker:
             channel = connection.channel()
             topology.declare(channel, self.limits.tiers)
             channel.confirm_delivery()
-            channel.basic_qos(prefetch_count=self.concurrency * PREFETCH_PER_THREAD)
             # This connection's deliveries in delivery order. Deliveries of an earlier,
             # lost connection are not waited for: RabbitMQ redelivers them.
             self._channel, self._outstanding, self._ack_due, self._unacked = channel, {}, 0.0, 0
@@ -437,8 +461,14 @@ class Worker:
                 future = pool.submit(self.handle, delivery)
                 future.add_done_callback(lambda f: self._done(connection, delivery, f))
 
-            tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
-            log.info("consuming %s with %d copy threads", topology.WORK_QUEUE, self.concurrency)
+            tag = self._subscribe(channel, on_message)
+            how = "fitted to the link (auto)" if self.controller.auto else "fixed"
+            log.info(
+                "consuming %s, %d copies at once, %s",
+                topology.WORK_QUEUE,
+                self.controller.limit,
+                how,
+            )
             self.consuming.set()
             self._consumed = True
             measured, self._delivered = 0.0, time.monotonic()
@@ -446,6 +476,8 @@ class Worker:
                 due = self._ack_due - time.monotonic() if self._ack_due else 1.0
                 connection.process_data_events(time_limit=min(max(due, 0.0), 1.0))
                 self._settle()
+                if self.controller.tick() and self._follow(self.controller.limit):
+                    tag = self._subscribe(channel, on_message, tag)
                 if time.monotonic() - measured > PENDING_EVERY_S:
                     depth = channel.queue_declare(topology.WORK_QUEUE, passive=True)
                     metrics.PENDING.set(depth.method.message_count)
@@ -462,6 +494,32 @@ class Worker:
                 with contextlib.suppress(pika.exceptions.AMQPError):
                     connection.close()
 
+    @staticmethod
+    def _follow_prefetch(limit: int, prefetch: int) -> int:
+        """The prefetch window for `limit` copies, or `prefetch` (the current one) while it
+        fits: from half to twice PREFETCH_PER_THREAD per copy (each change costs a new
+        consumer)."""
+        if limit * PREFETCH_PER_THREAD // 2 <= prefetch <= limit * PREFETCH_PER_THREAD * 2:
+            return prefetch
+        return limit * PREFETCH_PER_THREAD
+
+    def _follow(self, limit: int) -> bool:
+        """Whether the consumer needs a new prefetch window for `limit` copies."""
+        return self._follow_prefetch(limit, self._prefetch) != self._prefetch
+
+    def _subscribe(self, channel, on_message, old: str | None = None) -> str:
+        """Consume with a prefetch window fitted to the limit. RabbitMQ applies a prefetch
+        count to consumers registered after it, so a new window means a new consumer (on
+        the same channel: delivery tags, and so acks, go on); then the old one goes."""
+        self._prefetch = self._follow_prefetch(self.controller.limit, self._prefetch)
+        channel.basic_qos(prefetch_count=self._prefetch)
+        tag = channel.basic_consume(topology.WORK_QUEUE, on_message)
+        if old:
+            # Deliveries received but not yet handed over would be requeued by the cancel.
+            channel.connection.process_data_events(time_limit=0)
+            channel.basic_cancel(old)
+        return tag
+
     def _check_stalled(self, ready: int) -> None:
         """Tasks wait, this worker has room, yet nothing came for a while: a consumer
         registered while a quorum queue had no leader (a node had just died) can stay
@@ -472,7 +530,7 @@ class Worker:
             return
         since = max(self._delivered, *(e.came_back for e in self.endpoints.values()))
         idle = time.monotonic() - since
-        room = len(self._outstanding) < self.concurrency * PREFETCH_PER_THREAD
+        room = len(self._outstanding) < self._prefetch
         if ready and room and idle > STALLED_S:
             log.warning("%d task(s) wait but none came for %.0fs: reconnecting", ready, idle)
             raise pika.exceptions.AMQPError("consumer stalled")
@@ -522,7 +580,7 @@ class Worker:
                 run.append(delivery)
             else:
                 behind.append(delivery)
-        half = self.concurrency * PREFETCH_PER_THREAD // 2
+        half = self._prefetch // 2
         dues = []  # when to look again
         if run:
             due = min(d.settled_at for d in run) + ACK_WAIT_S

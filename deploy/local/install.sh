@@ -42,6 +42,8 @@ debian_packages() {
     command -v "$tool" >/dev/null || missing+=("$tool")
   done
   [[ -x /usr/lib/podman/netavark ]] || missing+=(netavark)  # podman's network stack
+  # rclone: a peer in the WAN benchmarks (tests/benchmarks/wan.py).
+  command -v rclone >/dev/null || missing+=(rclone)
   # Prometheus and promtool: the alert rules' unit tests and the dashboard-query test.
   { command -v promtool && command -v prometheus; } >/dev/null || missing+=(prometheus)
   if ! command -v kubectl >/dev/null; then

@@ -65,6 +65,7 @@ from harness import (  # run.py's own folder: on sys.path when run as a script
     until,
     worker_run,
 )
+from wan import bench_wan_large, bench_wan_small
 
 # ---- scenarios ---------------------------------------------------------------------
 
@@ -232,7 +233,7 @@ def bench_large(stack: Stack) -> list[Row]:
 
 S6_COUNT = 2000
 S6_SIZE = 64 * 1024
-S6_THREADS = 16
+S6_WORKERS = "auto"  # the default: the controller fits the copies in flight to the link
 S6_LATENCY_MS = 25  # each way: ~50 ms round trips to the target
 
 
@@ -266,7 +267,7 @@ def small_rate(
         src,
         dst,
         stack.root / f"{dst}.log",
-        MIRROR_MAX_WORKERS=str(S6_THREADS),
+        MIRROR_MAX_WORKERS=S6_WORKERS,
         AWS_URL=target_url,
     )
     try:
@@ -340,7 +341,7 @@ def head_of_line(stack: Stack, target_url: str) -> list[Row]:
     return [
         (
             f"S6: 1 GiB queued first, then {S6_COUNT:,} × 64 KiB, target "
-            f"~{2 * S6_LATENCY_MS} ms away, 1 worker process, MIRROR_MAX_WORKERS={S6_THREADS}",
+            f"~{2 * S6_LATENCY_MS} ms away, 1 worker process, MIRROR_MAX_WORKERS={S6_WORKERS}",
             "small objects/s while the 1 GiB copy runs / alone",
             f"**{with_big / without:.2f}×**",
             f"{with_big:.0f}/s vs {without:.0f}/s, medians of {ROUNDS} interleaved "
@@ -529,6 +530,8 @@ SCENARIOS: dict[str, Callable[[Stack], list[Row]]] = {
     "small": bench_small,
     "large": bench_large,
     "head-of-line": bench_head_of_line,
+    "wan-small": bench_wan_small,
+    "wan-large": bench_wan_large,
     "backlog": bench_backlog,
 }
 

@@ -47,6 +47,13 @@ on_minio = pytest.mark.parametrize("target", ["minio"], indirect=True)
 on_aws_like = pytest.mark.parametrize("target", ["aws-like", LOCKED], indirect=True)
 
 
+@pytest.fixture(autouse=True)
+def near(monkeypatch) -> None:
+    """Every target here is on loopback, but the AWS-like one (moto) can take over FAR_S
+    to create an upload: the part counts asserted here are a near target's."""
+    monkeypatch.setattr("replicator.copier.FAR_S", float("inf"))
+
+
 @pytest.fixture(params=["minio", "aws-like", LOCKED])
 def target(request, stack) -> Iterator[Target]:
     """conftest's two targets, and the AWS-like one again with an Object Lock bucket."""
@@ -718,3 +725,18 @@ def test_a_failing_part_is_sent_part_tries_times_and_the_worker_adds_none(stack,
         assert engine.PART_TRIES <= proxy.count(key, "PUT") <= 2 * engine.PART_TRIES
     finally:
         proxy.stop()
+
+
+def test_a_far_target_gets_twice_the_parts_in_flight_of_half_the_size(monkeypatch):
+    """Issue 23: a part's PUT idles two round trips holding its buffer; far away, more
+    parts keep the link busy in the same memory. Always at most 10,000 parts."""
+    from replicator.copier import MAX_PARTS, PART_SIZE, PARTS_PER_UPLOAD, layout
+
+    monkeypatch.setattr("replicator.copier.FAR_S", 0.03)  # the `near` fixture hid it
+    gib = 1024**3
+    near, far = layout(gib, 0.002), layout(gib, 0.03)
+    assert near == (PART_SIZE, PARTS_PER_UPLOAD)
+    assert far == (PART_SIZE // 2, 2 * PARTS_PER_UPLOAD)
+    assert near[0] * near[1] == far[0] * far[1]  # the same buffer memory
+    huge = 5 * 1024**4
+    assert layout(huge, 0.03)[0] == layout(huge, 0.002)[0] == -(-huge // MAX_PARTS)

@@ -86,8 +86,7 @@ def test_a_consumer_that_hears_nothing_while_tasks_wait_reconnects(worker):
         work._check_stalled(ready=5)
 
     work._check_stalled(ready=0)  # nothing waits
-    prefetch = work.concurrency * worker_module.PREFETCH_PER_THREAD
-    work._outstanding = {tag: None for tag in range(prefetch)}
+    work._outstanding = {tag: None for tag in range(work._prefetch)}
     work._check_stalled(ready=5)  # no room: the worker is busy, not stalled
     work._outstanding = {}
     work._delivered = time.monotonic()
@@ -179,7 +178,7 @@ def acking(worker):
     """The worker's connection-thread state with 64 deliveries outstanding (16 threads'
     prefetch window), and `finish(tags)`: those copies end and the thread settles."""
     _, work = worker
-    work.concurrency = 16
+    work._prefetch = 16 * worker_module.PREFETCH_PER_THREAD
     work._channel = channel = Channel()
     # Every copy started long ago (a test that needs a young one says so).
     work._outstanding = {tag: Delivery(tag, b"", {}, started_at=1.0) for tag in range(1, 65)}
@@ -362,3 +361,62 @@ def test_readyz_goes_503_while_a_copy_runs_past_its_deadline(worker, monkeypatch
         release.set()
         copying.join(10)
     assert work.ready()
+
+
+def test_the_prefetch_window_follows_the_limit_of_copies():
+    """Issue 23: at least as many deliveries as copies allowed, about PREFETCH_PER_THREAD
+    per copy; a window that still fits is kept (a new one costs a new consumer)."""
+    follow = Worker._follow_prefetch
+    per = worker_module.PREFETCH_PER_THREAD
+    assert follow(8, 8 * per) == 8 * per
+    assert follow(16, 8 * per) == 8 * per  # half of 16's: still fits
+    assert follow(32, 8 * per) == 32 * per  # too few waiting for 32 copies
+    assert follow(4, 64 * per) == 4 * per  # far too many held back from other workers
+    for limit in range(1, 65):
+        for prefetch in (1, 8, 32, 128, 256):
+            assert follow(limit, prefetch) >= limit
+
+
+class Consuming:
+    """Records what the connection thread asks of the channel, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.connection = self
+        self.consumers = 0
+
+    def basic_qos(self, prefetch_count: int) -> None:
+        self.calls.append(("qos", prefetch_count))
+
+    def basic_consume(self, queue: str, callback) -> str:
+        self.calls.append(("consume", queue))
+        self.consumers += 1
+        return f"ctag-{self.consumers}"
+
+    def process_data_events(self, time_limit: float) -> None:
+        self.calls.append(("dispatch",))
+
+    def basic_cancel(self, tag: str) -> None:
+        self.calls.append(("cancel", tag))
+
+
+def test_a_new_window_is_a_new_consumer_before_the_old_one_goes(worker):
+    """RabbitMQ applies a prefetch count to consumers registered after it: the worker
+    consumes again with the new window (on the same channel, so acks go on), hands over
+    what already arrived, then cancels the old consumer."""
+    from replicator import topology
+    from replicator.concurrency import State
+
+    _, work = worker
+    channel = Consuming()
+    first = work._subscribe(channel, None)
+    assert channel.calls == [("qos", 2 * worker_module.PREFETCH_PER_THREAD),
+                             ("consume", topology.WORK_QUEUE)]  # fmt: skip
+    channel.calls.clear()
+    work.controller.state = State(limit=64, ceiling=64)  # as after a few trials
+    assert work._follow(64)
+    second = work._subscribe(channel, None, first)
+    assert channel.calls == [("qos", 64 * worker_module.PREFETCH_PER_THREAD),
+                             ("consume", topology.WORK_QUEUE), ("dispatch",),
+                             ("cancel", first)]  # fmt: skip
+    assert second != first and not work._follow(64)
