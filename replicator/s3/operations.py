@@ -103,6 +103,8 @@ class S3:
         # Loaded once here, not by the first requests of 16 copy threads at once (with a
         # role, each would ask STS or the instance metadata: botocore does not lock it).
         self.session.get_credentials()
+        # Static keys never change: read once, not through botocore on every request.
+        self._static = self._keys() if endpoint.static else None
         self._buckets_seen: dict[str, float] = {}
         self._seen_lock = threading.Lock()
 
@@ -497,9 +499,8 @@ class S3:
         canonical = "&".join(
             f"{quote(k, safe='~')}={quote(v, safe='~')}" for k, v in sorted((query or {}).items())
         )
-        signed = signing.sign(
-            method, host, path, canonical, headers, payload, self._keys(), self.region
-        )
+        keys = self._static or self._keys()
+        signed = signing.sign(method, host, path, canonical, headers, payload, keys, self.region)
         signed["Host"] = host
         for name, value in signed.items():  # non-ASCII text goes as UTF-8, as it was signed
             if not value.isascii():

@@ -36,7 +36,7 @@ def sign(
     `path` is the raw (unencoded) path, `query` the canonical query string (sorted,
     every key and value URI-encoded)."""
     access_key, secret_key, token = credentials
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    stamp = _stamp(int(time.time() if now is None else now))
     signed = {name.lower(): _trim(value) for name, value in headers.items()}
     signed.update({"host": host, "x-amz-date": stamp, "x-amz-content-sha256": payload_sha256})
     if token:
@@ -70,7 +70,14 @@ def sign(
 
 def _trim(value: str) -> str:
     """SigV4's Trimall, as botocore and MinIO apply it: no outer space, single inner."""
+    if " " not in value and value.isprintable():  # nothing to trim (most values)
+        return value
     return " ".join(value.split())
+
+
+@lru_cache(maxsize=4)  # the requests of one second share their stamp
+def _stamp(second: int) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
 
 
 @lru_cache(maxsize=16)  # one key per secret, day and region

@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -122,13 +122,26 @@ class DeadlineExceeded(OSError):
     """The watchdog closed a request that ran past its deadline."""
 
 
-@dataclass(eq=False)
 class _Bound:
-    """One `bound` block: its deadline, and whether the watchdog had to end it."""
+    """One `bound` block: its deadline, the connections watched under it, and whether
+    the watchdog had to end it. A plain context manager (one per request, contextlib's
+    generator machinery costs more than the block's own work)."""
 
-    deadline: float
-    late: bool = False
-    connections: list[HTTPConnection] = field(default_factory=list)
+    def __init__(self, watchdog: _Watchdog, seconds: float, connection: Any) -> None:
+        self.watchdog = watchdog
+        self.deadline = time.monotonic() + seconds
+        self.late = False
+        self.connections: list[HTTPConnection] = []
+        self.first = connection
+
+    def __enter__(self) -> _Bound:
+        self.watchdog.local.__dict__.setdefault("stack", []).append(self)
+        if self.first is not None:
+            self.watchdog.watch(self.first)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.watchdog.release(self)
 
 
 class _Watchdog:
@@ -142,23 +155,18 @@ class _Watchdog:
         self.local = threading.local()
         self.thread: threading.Thread | None = None
 
-    @contextlib.contextmanager
-    def bound(self, seconds: float, connection: HTTPConnection | None = None) -> Iterator[_Bound]:
+    def bound(self, seconds: float, connection: HTTPConnection | None = None) -> _Bound:
         """Requests this thread sends inside the block (and `connection`'s answer) must
         end within `seconds`."""
-        block = _Bound(time.monotonic() + seconds)
-        stack = self.local.__dict__.setdefault("stack", [])
-        stack.append(block)
-        if connection is not None:
-            self.watch(connection)
-        try:
-            yield block
-        finally:
-            stack.remove(block)
-            with self.lock:
-                for known in block.connections:
-                    if self.watched.get(known) is block:
-                        del self.watched[known]
+        return _Bound(self, seconds, connection)
+
+    def release(self, block: _Bound) -> None:
+        """The block has ended: its connections are no longer watched."""
+        self.local.stack.remove(block)
+        with self.lock:
+            for known in block.connections:
+                if self.watched.get(known) is block:
+                    del self.watched[known]
 
     def watch(self, connection: HTTPConnection) -> None:
         """Called as a request goes out on `connection`, on the requesting thread."""
