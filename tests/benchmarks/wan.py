@@ -94,8 +94,9 @@ def rclone_binary() -> str:
 
 def rclone(stack: Stack, url: str, src: str, dst: str) -> Run:
     """`rclone copy --transfers 16` from the source bucket to the target through the link,
-    both remotes configured by environment variables only."""
-    env = env_for(stack)
+    both remotes configured by environment variables only (ours, AWS_* and the CA
+    bundles among them, are left out: rclone's AWS SDK would read them)."""
+    env = {k: v for k, v in env_for(stack).items() if not k.startswith(("AWS_", "MINIO_"))}
     for remote, server, where in (
         ("SRC", stack.source, stack.source.url),
         ("DST", stack.target, url),
@@ -244,7 +245,8 @@ def bench_wan_large(stack: Stack) -> list[Row]:
         mc_s = median(runs[(case, "mc")], lambda r: r.seconds)
         ours = runs[(case, "ours")]
         ours_s = median(ours, lambda r: r.seconds)
-        what = "one 1 GiB object" if case.endswith("one") else "4 × 256 MiB"
+        size_one = case.endswith("one")
+        what = "one 1 GiB object" if size_one else "4 × 256 MiB"
         rows += [
             (
                 f"S5: {what}, target ~{2 * ONE_WAY_MS} ms away, 1 worker process, defaults",
@@ -252,7 +254,7 @@ def bench_wan_large(stack: Stack) -> list[Row]:
                 f"**{mc_s / ours_s:.2f}×**",
                 f"ours {mb / ours_s:.0f} MB/s vs mc {mb / mc_s:.0f} MB/s, medians of {ROUNDS} "
                 f"interleaved (ours {rounds_s(ours)}, mc {rounds_s(runs[(case, 'mc')])}); "
-                f"target (1 GiB) ≥ 2×; {conditions}",
+                f"target {'≥ 2×' if size_one else 'reported'}; {conditions}",
             ),
             (
                 f"S5: {what}",
