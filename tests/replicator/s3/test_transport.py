@@ -104,6 +104,44 @@ def test_a_head_without_content_length_is_an_error_not_size_zero(serve):
     assert "Content-Length" in error.reason and error.kind is Kind.TRANSIENT
 
 
+HEAD_START = f'HTTP/1.1 200 OK\r\nContent-Length: 10\r\nETag: "e"\r\nLast-Modified: {DATE}\r\n'
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        b"x-amz-meta-mirror-source-etag: s",  # the connection ends inside the block
+        b"X-Junk\r\nx-amz-meta-mirror-source-etag: s\r\n\r\n",  # a line without a colon
+        b"X-Junk : 1\r\nx-amz-meta-mirror-source-etag: s\r\n\r\n",  # space before the colon
+        b"X-Junk: a\rb\r\nx-amz-meta-mirror-source-etag: s\r\n\r\n",  # a bare CR
+        b"X-Junk: a\0b\r\nx-amz-meta-mirror-source-etag: s\r\n\r\n",  # a NUL
+        b" folded\r\n",  # a continuation line with nothing to continue: first of the block
+    ],
+    ids=["cut-off", "no-colon", "space-before-colon", "bare-cr", "nul", "fold-first"],
+)
+def test_a_malformed_header_block_is_an_error_never_a_head_without_its_fields(serve, rest):
+    """http.client ended the block at such a line (or at the connection's end) and
+    dropped the fields after it with a warning: a copy would have lost its metadata."""
+
+    def script(peer: Peer) -> None:
+        peer.request()
+        start = b"" if rest.startswith(b" ") else HEAD_START.encode()
+        peer.send(b"HTTP/1.1 200 OK\r\n" + rest if not start else start + rest)
+        peer.close()
+
+    s3 = source(serve(script).url())
+    error = failure(lambda: s3.head("bbb", "k"))
+    assert error.kind is Kind.TRANSIENT and error.side == "source", error.reason
+    assert "header" in error.reason, error.reason
+
+
+def test_a_folded_header_value_is_read_with_one_space(serve):
+    folded = HEAD_START + "x-amz-meta-note: first  \r\n \t second\r\nX-Tail: t \r\n\r\n"
+    s3 = source(serve(answers(folded.encode())).url())
+    head = s3.head("bbb", "k")
+    assert head is not None and head.size == 10 and head.metadata == {"note": "first second"}
+
+
 @pytest.mark.parametrize("late", [False, True], ids=["with-the-answer", "after-it"])
 def test_bytes_after_a_body_never_become_the_next_answer(serve, late):
     """A forged answer queued behind a real one on a kept-alive connection, in the same
