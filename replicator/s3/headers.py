@@ -25,8 +25,12 @@ from typing import Any
 
 MAX_LINE = 65536  # http.client's _MAXLINE
 MAX_LINES = 100  # http.client's _MAXHEADERS: lines of a block, its end included
-_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n\0]*)\r?\n")
-_FOLD = re.compile(rb"[ \t]+([^\r\n\0]*)\r?\n")
+# Possessive (*+, ++): a hostile block never makes the matching backtrack.
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"  # RFC 9110's field name
+_FIELD = re.compile(rf"({_TOKEN}):[ \t]*+([^\r\n\0]*+)\r?\n".encode())
+_PLAIN = re.compile(rf"(?:{_TOKEN}:[ \t]*+[^\r\n\0]*+\r\n)*+\r\n")  # plain fields only
+_PAIR = re.compile(rf"({_TOKEN}):[ \t]*+([^\r\n\0]*+)\r\n")
+_FOLD = re.compile(rb"[ \t]++([^\r\n\0]*+)\r?\n")
 _OWS = " \t"
 
 
@@ -84,13 +88,33 @@ class Fields(http.client.HTTPMessage):
 
 def parse_headers(fp: Any) -> Fields:
     """The header block at `fp` (after the status line), up to and including its end."""
+    fields = _plain(fp)
+    return Fields(fields if fields is not None else _by_line(fp))
+
+
+def _plain(fp: Any) -> list[tuple[str, str]] | None:
+    """The common case at half the cost: a block already in the buffer whose every line
+    is a plain field (CRLF, no fold) is taken in one piece. Anything else (None) is read
+    line by line, which decides what is accepted."""
+    data = fp.peek(2)
+    end = 2 if data[:2] == b"\r\n" else data.find(b"\r\n\r\n") + 4
+    if end == 3 or end > MAX_LINE:  # no end in the buffer, or a long block
+        return None
+    block = data[:end].decode("latin-1")
+    if block.count("\r\n") > MAX_LINES or not _PLAIN.fullmatch(block):
+        return None
+    fp.read(end)
+    return _PAIR.findall(block)
+
+
+def _by_line(fp: Any) -> list[tuple[str, str]]:
     fields: list[tuple[str, str]] = []
     for _ in range(MAX_LINES):
         line = fp.readline(MAX_LINE + 1)
         if len(line) > MAX_LINE:
             raise http.client.LineTooLong("header line")
         if line == b"\r\n" or line == b"\n":
-            return Fields(fields)
+            return fields
         if not line:
             raise MalformedHeaders("connection closed inside the answer's header block")
         field = _FIELD.fullmatch(line)
