@@ -36,11 +36,15 @@ MEMORY_BUDGET = 64 * MiB  # bodies of the copies in flight, on average (parts ha
 HELD_FLOOR = 64 * 1024  # a copy holds at least this (buffers, headers, TLS)
 SLOW_START = 2.0  # growth per trial until the first one fails
 STEP = 1.25  # growth per trial after that
-GAIN_SHARE = 0.3  # a trial must bring this share of its proportional gain
+GAIN_SHARE = 0.2  # a trial must bring this share of its proportional gain
 LATENCY_CEILING = 4.0  # never grow while copies take this many times their fastest
 SATURATED = 0.8  # the limit binds only when this share of it is busy
 MIN_DONE = 20  # copies an interval needs before it says anything
-MIN_INTERVAL_S = 0.5
+# An interval lasts at least MIN_INTERVAL_S and until each allowed copy finished about
+# PER_SLOT times: on a shared 2-core machine half-second rates varied by a third from one
+# interval to the next.
+MIN_INTERVAL_S = 1.0
+PER_SLOT = 2
 MAX_INTERVAL_S = 5.0
 MAX_BACKOFF = 32  # intervals between failed trials, at most
 
@@ -200,7 +204,8 @@ class Controller:
             now = time.monotonic()
             elapsed = now - self._start
             due = elapsed >= MAX_INTERVAL_S or (
-                elapsed >= MIN_INTERVAL_S and self._done >= max(MIN_DONE, self.state.limit)
+                elapsed >= MIN_INTERVAL_S
+                and self._done >= max(MIN_DONE, PER_SLOT * self.state.limit)
             )
             if not (due or throttled):
                 return False
