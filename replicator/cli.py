@@ -86,7 +86,6 @@ def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
     At most MIRROR_MAX_PAIRS pairs run at once. Exits 0 only when every pair
     succeeded; a Slack report is sent when SLACK_BOT_TOKEN and SLACK_CHANNEL_ID are set.
     """
-    from . import slack
     from .reconcile import record, summary
     from .reconcile.mc import McMissing, find_binary
     from .reconcile.runner import reconcile as run_reconcile
@@ -103,7 +102,10 @@ def reconcile(as_json: bool, dry_run: bool | None, prefix: str | None) -> None:
     log.info("reconciling %d pair(s), at most %d at once", len(settings.pairs), settings.max_pairs)
     run = run_reconcile(settings)
     click.echo(summary.render_json(run) if as_json else summary.render_text(run))
-    slack.report_reconcile(settings, run)
+    if settings.slack_token or settings.slack_channel:  # slack_sdk loads only to report
+        from . import slack
+
+        slack.report_reconcile(settings, run)
     record.save(settings, run)
     sys.exit(0 if run.ok else EXIT_FAILED)
 

@@ -435,22 +435,44 @@ def probe(settings: Settings, sides: list[tuple[str, str]] | None = None) -> lis
 
 
 def _list(mc: Mc, alias: str, side: str, bucket: str) -> Probe:
-    name = f"mc {side} {bucket}"
-    # The trailing slash: a listing only (GET ?location, GET ?list-type=2), no HEAD.
-    where, deadline = f"{alias}/{bucket}/", time.monotonic() + PROBE_TIMEOUT_S
-    with mc.run("ls", where, deadline=deadline) as run:
-        first = next(iter(run.stdout), "")
-        run.stop()  # one entry proves the listing; a large bucket is not listed to its end
-    record = _json(first)
-    if record.get("status") == "success":
-        return Probe(name, True, f"alias {alias} set, bucket listed")
-    if not first and run.code == 0:
-        return Probe(name, True, f"alias {alias} set, bucket listed (empty)")
-    error = record.get("error") or _json(run.stderr.splitlines()[-1] if run.stderr else "")
-    text = _error_text(error.get("error", error)) or run.stderr or first.strip()
-    if run.timed_out:
-        text = f"no answer within {PROBE_TIMEOUT_S:.0f}s: {text}".rstrip(": ")
-    return Probe(name, False, f"mc ls {where}: {text}"[:300], text)
+    with Reach(mc, alias, side, bucket, time.monotonic() + PROBE_TIMEOUT_S) as reach:
+        return reach.result()
+
+
+class Reach:
+    """`mc ls <alias>/<bucket>/`, started at once and read when asked: its first line only.
+
+    The trailing slash: a listing only (GET ?location, GET ?list-type=2), no HEAD. Where
+    this passes, mc can reach and list that bucket.
+    """
+
+    def __init__(self, mc: Mc, alias: str, side: str, bucket: str, deadline: float | None) -> None:
+        self.name, self.alias = f"mc {side} {bucket}", alias
+        self.where = f"{alias}/{bucket}/"
+        self.run = mc.run("ls", self.where, deadline=deadline)
+
+    def __enter__(self) -> Reach:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.run.stop()  # a large bucket is not listed to its end
+        self.run.__exit__(None, None, None)
+
+    def result(self) -> Probe:
+        first = next(iter(self.run.stdout), "")
+        self.run.stop()  # one entry proves the listing
+        self.run.__exit__(None, None, None)  # its exit code and the last of its stderr
+        run, name, alias = self.run, self.name, self.alias
+        record = _json(first)
+        if record.get("status") == "success":
+            return Probe(name, True, f"alias {alias} set, bucket listed")
+        if not first and run.code == 0:
+            return Probe(name, True, f"alias {alias} set, bucket listed (empty)")
+        error = record.get("error") or _json(run.stderr.splitlines()[-1] if run.stderr else "")
+        text = _error_text(error.get("error", error)) or run.stderr or first.strip()
+        if run.timed_out:
+            text = f"no answer in time: {text}".rstrip(": ")
+        return Probe(name, False, f"mc ls {self.where}: {text}"[:300], text)
 
 
 def _json(line: str) -> dict:

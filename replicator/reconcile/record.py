@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-import pika
-
-from .. import broker, metrics
 from ..config import Settings, mask
 from .result import PairResult, RunResult
 
@@ -64,6 +63,15 @@ def save(settings: Settings, run: RunResult, now: float | None = None) -> None:
 
 
 def _publish(settings: Settings, records: list[dict[str, object]]) -> None:
+    if settings.rabbitmq_url == DEFAULT_RABBITMQ_URL and not _listening(DEFAULT_RABBITMQ_URL):
+        # Without RABBITMQ_URL (the nightly job alone) there is usually nothing to record
+        # to: said without loading the AMQP client.
+        log.debug("reconcile result not recorded: RABBITMQ_URL is unset, none on localhost")
+        return
+    import pika  # loaded only for a RabbitMQ to record to
+
+    from .. import broker
+
     try:
         connection = broker.connect(settings.rabbitmq_url, name="minio-s3-mirror reconcile")
     except (pika.exceptions.AMQPError, OSError) as exc:
@@ -94,8 +102,21 @@ def _publish(settings: Settings, records: list[dict[str, object]]) -> None:
             connection.close()
 
 
+def _listening(url: str) -> bool:
+    """Whether anything accepts a TCP connection at the URL's host and port."""
+    parts = urlsplit(url)
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection((parts.hostname or "localhost", parts.port or 5672), timeout=1),
+    ):
+        return True
+    return False
+
+
 def _push(url: str, run: RunResult, finished_at: float) -> None:
     from prometheus_client import push_to_gateway
+
+    from .. import metrics
 
     registry, gauges = metrics.reconcile_registry()
     for pair in run.pairs:

@@ -22,13 +22,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from ..config import BucketPair, Settings
-from ..copier import Copier, current
 from ..errors import CopyError, Kind
 from ..task import Task
 from .result import PairResult, Problem, Sample
 from .troubleshoot import diagnose
+
+if TYPE_CHECKING:  # the copy engine loads the S3 layer (boto3): made on the first key
+    from ..copier import Copier
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ class Replacer:
         """Decide one source key in the pool; waits while the pool is 2 x threads behind."""
         if self._pool is None:
             # Made on the first differing key: a pair with none costs nothing here.
+            from ..copier import Copier
+
             self._copier = Copier(self.settings, pool=self.threads)
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="replace")
         self._slots.acquire()
@@ -118,6 +123,8 @@ class Replacer:
                 log.debug("reconcile: %s not copied: %s", key, outcome.reason)
 
     def _check(self, key: str) -> None:
+        from ..copier import current
+
         assert self._copier is not None
         source = self._copier.source.head(self.pair.source_bucket, key)
         if source is None:

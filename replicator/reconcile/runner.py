@@ -1,8 +1,8 @@
 """The seed's job: `mc mirror` every configured pair, at most MIRROR_MAX_PAIRS at once.
 
 mc's exit code and its "success" lines are not trusted: the whole JSON stream is read,
-and after a real run `mc diff` checks that nothing in scope is still missing (mc skips
-some failures silently, AccessDenied on upload among them).
+and after a real run every copy mc announced is looked up on the target (verify.py: mc
+skips some failures silently, AccessDenied on upload among them).
 
 mc never overwrites: it runs without `--overwrite` and only reports objects that differ
 by its rule (size, or a target time older than the source's); with MIRROR_OVERWRITE each
@@ -28,9 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from ..config import SOURCE_ALIAS, TARGET_ALIAS, BucketPair, ConfigError, Settings
-from ..deletes import Deleter
 from ..filters import KeyFilter
-from . import mc_output
+from . import mc_output, verify
 from .ledger import Ledger
 from .mc import (
     Interrupted,
@@ -38,6 +37,7 @@ from .mc import (
     McRun,
     NoCredentials,
     NoTempDir,
+    Reach,
     interrupted,
     private_dir,
     session,
@@ -159,11 +159,7 @@ class PairJob:
 
         Raises TimedOut when the deadline passed before or while mc ran.
         """
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise TimedOut(
-                f"mc {args[0]} not started: the run reached {TIMEOUT_VARIABLE} "
-                f"({duration_text(self.settings.reconcile_timeout_s)})"
-            )
+        self._startable(f"mc {args[0]}")
         with self.mc.run(*args, deadline=self.deadline) as run:
             for item in mc_output.read(run.stdout):
                 if isinstance(item, str):
@@ -176,6 +172,14 @@ class PairJob:
                 f"({duration_text(self.settings.reconcile_timeout_s)})"
             )
         return run
+
+    def _startable(self, what: str) -> None:
+        """Raises TimedOut when the deadline passed before `what` started."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimedOut(
+                f"{what} not started: the run reached {TIMEOUT_VARIABLE} "
+                f"({duration_text(self.settings.reconcile_timeout_s)})"
+            )
 
     def _mirror_args(self) -> list[str]:
         # Never --overwrite: mc reports what differs, the copy engine decides (replace.py).
@@ -202,37 +206,56 @@ class PairJob:
 
     def _mirror(self, ledger: Ledger) -> None:
         saw_totals = False
+        objects = 0  # records naming an object: mc listed both sides
 
         def handle(record: Record) -> None:
-            nonlocal saw_totals
+            nonlocal saw_totals, objects
             if isinstance(record, Copied):
+                objects += 1
                 ledger.announce(source_key(record.source).rstrip("/"), record.size)
             elif isinstance(record, Failure):
+                objects += 1
                 self._failure(record, ledger)
             elif isinstance(record, Totals):
                 saw_totals = True
 
-        run = self._stream(self._mirror_args(), handle)
-        if run.code != 0 and self.result.ok and not self.empty:
-            text = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""
-            self.result.problems.add(
-                self.problem(f"Mirror process closed with code: {run.code}. {text}".strip())
-            )
-        if self.result.ok and not self.empty and not saw_totals:
-            self.result.problems.add(self.problem("mc ended without its totals line"))
+        self._startable("mc mirror")
+        # mc lists the target only while the source has objects: with an empty source it
+        # says nothing of a target it cannot reach. So the first entry of the target is
+        # asked for beside it, and read only when mc named no object.
+        target = self.pair.target_bucket
+        with Reach(self.mc, TARGET_ALIAS, "target", target, self.deadline) as reach:
+            run = self._stream(self._mirror_args(), handle)
+            if run.code != 0 and self.result.ok and not self.empty:
+                text = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""
+                self.result.problems.add(
+                    self.problem(f"Mirror process closed with code: {run.code}. {text}".strip())
+                )
+            if self.result.ok and not self.empty and not saw_totals:
+                self.result.problems.add(self.problem("mc ended without its totals line"))
+            if self.result.ok and not self.empty and not objects:
+                self._reached(reach)
+
+    def _reached(self, reach: Reach) -> None:
+        """A failure when mc could not reach or list the target bucket."""
+        found = reach.result()
+        if not found.ok:
+            self.result.problems.add(self.problem(found.text, bucket=self.pair.target_bucket))
 
     def _failure(self, failure: Failure, ledger: Ledger | None = None) -> None:
         text = str(failure)
         subject = failure.subject
         key = source_key(subject) if subject and "://" in subject else None
         if _OVERWRITE_REFUSED in failure.cause:
-            # mc found the target copy different (or older by its clock). Without
-            # MIRROR_OVERWRITE, _verify lists the objects left as they were.
+            # mc found the target copy different (or older by its clock): the copy engine
+            # decides it, or without MIRROR_OVERWRITE it is listed as left unchanged.
             refused = _REFUSED_TARGET.search(failure.cause)
-            if self.settings.overwrite and refused:
-                key = self._source_key_of_target(refused.group(1))
-                if key is not None and self.filter.accepts(key):
+            key = self._source_key_of_target(refused.group(1)) if refused else None
+            if key is not None and self.filter.accepts(key):
+                if self.settings.overwrite:
                     self.replacer.submit(key)
+                else:
+                    self.result.left_changed.add(key)
             return
         if failure.fatal and "Object does not exist" in failure.cause and self.settings.prefix:
             # A date prefix with no objects yet is a quiet night, not a failure.
@@ -271,6 +294,8 @@ class PairJob:
 
     def _deletes(self) -> None:
         """MIRROR_DELETE: remove what the source no longer has, behind the planner's brake."""
+        from ..deletes import Deleter  # loads the S3 layer: only runs that delete pay for it
+
         threads = self.settings.max_workers or 8
         deleter = Deleter(
             self.settings,
@@ -309,7 +334,8 @@ class PairJob:
             )
 
     def _plan(self) -> None:
-        """Dry run: `mc mirror --dry-run` lists nothing per object, so `mc diff` does."""
+        """Dry run: the pinned `mc mirror --dry-run` prints totals only, no object, so
+        `mc diff` lists what differs (one listing of each side, as mc mirror's)."""
 
         def found(record: Difference, key: str) -> None:
             if record.diff == mc_output.ONLY_IN_SOURCE:
@@ -322,16 +348,24 @@ class PairJob:
         self._differences(found)
 
     def _verify(self, ledger: Ledger) -> None:
-        """After a real run, anything in scope that still differs was not copied."""
+        """After a real run, every copy mc announced without an error is looked up on the
+        target (verify.py); one that is not there was not copied."""
+        if not ledger.unverified():
+            return  # nothing announced: mc's own listings were the run's only ones
+        from ..errors import CopyError
+        from ..s3 import S3
 
-        def found(record: Difference, key: str) -> None:
-            if record.diff != mc_output.ONLY_IN_SOURCE:
-                # Present but different by mc's rule: with MIRROR_OVERWRITE the copy engine
-                # decided it during the mirror (replaced, or already current).
-                if not self.settings.overwrite:
-                    self.result.left_changed.add(key)
-                return
-            ledger.fail(key.rstrip("/"))
+        threads = self.settings.max_workers or 8
+        try:
+            target = S3(self.settings.target, self.settings, "target", threads)
+            verify.mark_present(ledger, target, self.pair, threads, self._in_time)
+        except CopyError as exc:
+            text = f"the verify after mc mirror failed: {exc.reason}"
+            cause, detail = diagnose(text)
+            side = "target (AWS_URL)"
+            self.result.problems.add(Problem(text=text, cause=cause, detail=detail, side=side))
+            return
+        for key, _ in ledger.unverified_keys():
             self.result.problems.add(
                 Problem(
                     text=f"`{key}` is not on the target after mc mirror (mc reported no error "
@@ -341,8 +375,17 @@ class PairJob:
                     key=key,
                 )
             )
+        ledger.fail_unverified()
 
-        self._differences(found)
+    def _in_time(self) -> None:
+        """Raises TimedOut past the run's deadline, Interrupted when the run is stopped."""
+        if interrupted():
+            raise Interrupted("interrupted: verify stopped")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimedOut(
+                f"verify stopped: the run reached {TIMEOUT_VARIABLE} "
+                f"({duration_text(self.settings.reconcile_timeout_s)})"
+            )
 
 
 def reconcile(settings: Settings) -> RunResult:

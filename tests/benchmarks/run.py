@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import growth
 from backlog import bench_backlog
 from harness import (  # run.py's own folder: on sys.path when run as a script
     BIG,
@@ -484,42 +485,31 @@ def bench_backfill_listing(stack: Stack) -> list[Row]:
     return rows
 
 
-def reconcile(stack: Stack, src: str, dst: str) -> Run:
-    env = env_for(stack, BUCKET_PAIR=f"minio/{src}:aws/{dst}")
-    return run_child([CLI, "reconcile"], env, stack)
-
-
 def bench_reconcile(stack: Stack) -> list[Row]:
-    """Reconcile of 2,000 small objects to an empty bucket against bare `mc mirror`."""
+    """Reconcile of 2,000 small objects against bare `mc mirror`: to an empty bucket, then
+    again with nothing to copy (S7's nightly case), ROUNDS of each interleaved."""
     fill(stack, "bench-small", 2000, 1024)
     ours: list[Run] = []
     theirs: list[Run] = []
     target = stack.target.client()
+    box = Box()
     for i in range(ROUNDS):
         target.create_bucket(Bucket=f"bench-mc-{i}")
         theirs.append(mc(stack, "mirror", "--json", "minio/bench-small", f"aws/bench-mc-{i}"))
         target.create_bucket(Bucket=f"bench-ours-{i}")
-        ours.append(reconcile(stack, "bench-small", f"bench-ours-{i}"))
-    again = reconcile(stack, "bench-small", "bench-ours-0")  # nothing to copy
-    requests = {
-        "mc": theirs[0].requests,
-        "ours": ours[0].requests,
-        "ours, nothing to copy": again.requests,
-    }
-    ratio = median(ours, lambda r: r.seconds) / median(theirs, lambda r: r.seconds)
-    context = (
-        f"median of {ROUNDS}: ours {median(ours, lambda r: r.seconds):.2f}s, "
-        f"mc {median(theirs, lambda r: r.seconds):.2f}s (includes our verify pass)"
-    )
-    timing = ("reconcile, 2,000 × 1 KiB, empty target", "time ours / mc mirror", f"{ratio:.2f}×")
-    return [(*timing, context)] + [
-        (
-            f"reconcile, 2,000 × 1 KiB: {side}",
-            "S3 requests in the run",
-            ", ".join(f"{name} {n:.0f}" for name, n in counts.items() if n),
-            "reported",
-        )
-        for side, counts in requests.items()
+        ours.append(growth.reconcile(stack, "bench-small", f"bench-ours-{i}"))
+    copied = box.since()
+    box = Box()
+    again: list[Run] = []
+    again_mc: list[Run] = []
+    for i in range(ROUNDS):  # nothing to copy
+        again_mc.append(mc(stack, "mirror", "--json", "minio/bench-small", f"aws/bench-mc-{i}"))
+        again.append(growth.reconcile(stack, "bench-small", f"bench-ours-{i}"))
+    name = "reconcile, 2,000 × 1 KiB"
+    mirror = "bare `mc mirror`"
+    return [
+        *growth.compared(f"{name}, empty target", mirror, ours, theirs, copied),
+        *growth.compared(f"{name}, nothing to copy", mirror, again, again_mc, box.since()),
     ]
 
 
@@ -527,6 +517,7 @@ SCENARIOS: dict[str, Callable[[Stack], list[Row]]] = {
     "backfill": bench_backfill_listing,
     "latency": bench_latency,
     "reconcile": bench_reconcile,
+    "growth": growth.bench_growth,
     "small": bench_small,
     "large": bench_large,
     "head-of-line": bench_head_of_line,

@@ -367,8 +367,8 @@ RSS_LIMIT_KIB = 100 * 1024
 
 
 def stub_mc(tmp_path: Path, mirror: str, name: str = "stub-mc") -> Path:
-    """A Python MC_BINARY: dumps its environment and argv, runs `mirror` for `mc mirror`;
-    `mc diff` prints nothing (nothing left to copy)."""
+    """A Python MC_BINARY: dumps its environment and argv, runs `mirror` for `mc mirror`.
+    It copies nothing: the verify after it looks for what it announced on the target."""
     path = tmp_path / name
     path.write_text(
         f"#!{sys.executable}\n"
@@ -429,10 +429,11 @@ _PEAK_RSS = (
 )
 
 
-def test_200k_objects_stay_under_100_mib_and_are_all_counted(stack, tmp_path):
-    """Memory must not grow with the object count (the 512Mi CronJob used to run out)."""
+def test_200k_objects_stay_under_100_mib_and_are_all_counted(stack, buckets, tmp_path):
+    """Memory must not grow with the object count (the 512Mi CronJob used to run out),
+    neither while mc's records are read nor in the verify of every one of them."""
     mc = stub_mc(tmp_path, announcing(MANY, 1000))
-    env = {**base_env(stack), "BUCKET_PAIR": pair("src1", "cap1"), "MC_BINARY": str(mc)}
+    env = {**base_env(stack), "BUCKET_PAIR": pair("src1", buckets("target")), "MC_BINARY": str(mc)}
     env.pop("SLACK_BOT_TOKEN")
     # A launcher runs the real CLI and reports the peak RSS of its largest child: the CLI
     # (the stub mc is a small Python process).
@@ -444,15 +445,21 @@ def test_200k_objects_stay_under_100_mib_and_are_all_counted(stack, tmp_path):
         timeout=600,
     )
 
-    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    # The stub copied nothing: the verify finds every announced key missing.
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     (counted,) = summary(result)["pairs"]
-    assert (counted["copied"], counted["bytes"]) == (MANY, MANY * 1000)
+    assert (counted["copied"], counted["bytes"]) == (0, 0)
+    assert counted["failure_count"] == MANY
     peak_kib = int(result.stderr.strip().splitlines()[-1])
     assert peak_kib < RSS_LIMIT_KIB, f"peak RSS {peak_kib / 1024:.0f} MiB for {MANY} objects"
 
 
-def test_mc_environment_holds_only_its_own_credentials(stack, run_cli, tmp_path, slack):
+def test_mc_environment_holds_only_its_own_credentials(stack, buckets, run_cli, tmp_path, slack):
     mc = stub_mc(tmp_path, announcing(3, 10))
+    dst = buckets("target")
+    for i in range(3):  # what the stub announces, there for the verify
+        key = f"2025/01/22/sensor-{i:07d}.parquet"
+        stack.target.client().put_object(Bucket=dst, Key=key, Body=b"0123456789")
     env = stack.env()
     own = {"MINIO_SECRET_KEY": env["MINIO_SECRET_KEY"], "AWS_SECRET_KEY": env["AWS_SECRET_KEY"]}
     others = {  # secrets of this process that mc must never see
@@ -464,12 +471,13 @@ def test_mc_environment_holds_only_its_own_credentials(stack, run_cli, tmp_path,
 
     result = run_cli(
         "reconcile",
-        env={"BUCKET_PAIR": pair("src1", "cap1"), "MC_BINARY": str(mc), **others},
+        env={"BUCKET_PAIR": pair("src1", dst), "MC_BINARY": str(mc), **others},
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
     runs = [json.loads(line) for line in (tmp_path / "mc-env.json").read_text().splitlines()]
-    assert [r["argv"][1] for r in runs] == ["mirror", "diff"]
+    # ls: the target's reach probe, stopped (maybe before it wrote) once mc named objects
+    assert {"mirror"} <= {r["argv"][1] for r in runs} <= {"ls", "mirror"}
     for run in runs:
         seen = run["env"]
         assert {"MC_HOST_minio", "MC_HOST_aws"} <= set(seen)

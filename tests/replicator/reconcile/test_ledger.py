@@ -34,3 +34,28 @@ def test_an_announcement_repeated_counts_once(ledger):
     ledger.announce("a", 10)
     ledger.announce("a", 12)
     assert ledger.copied() == (1, 12)
+
+
+def test_keys_seen_on_the_target_are_verified_the_rest_fail(ledger):
+    for key in ("b", "a", "c", "d"):
+        ledger.announce(key, 1)
+    ledger.fail("d")  # mc reported this one: not to verify
+
+    assert ledger.unverified() == 3
+    assert ledger.bounds() == ("a", "c")
+    ledger.see(iter(["a", "never-announced", "c"]))
+
+    assert list(ledger.unverified_keys()) == [("b", 1)]
+    assert ledger.fail_unverified() == 1
+    assert ledger.unverified() == 0 and ledger.bounds() is None
+    assert ledger.copied() == (2, 2)
+
+
+def test_unverified_keys_come_in_byte_order_as_s3_lists_them(ledger):
+    keys = ["é", "z", "a/b", "a-b", "a", "Z", "~"]
+    for key in keys:
+        ledger.announce(key, 0)
+
+    found = [key for key, _ in ledger.unverified_keys()]
+    assert found == sorted(keys, key=str.encode)
+    assert ledger.bounds() == (found[0], found[-1])

@@ -1,0 +1,150 @@
+"""S7 growth: the nightly reconcile and `backfill --dry-run` as the key count grows,
+each against its mc reference in the same run (time ratio, peak RSS, S3 requests).
+
+Key counts: GROWTH_KEYS (default "10000,100000"). 1,000,000 works the same way but is not
+in the default: the loader below (MinIO unpacking tars of 1 KiB objects, "snowball")
+makes about 500 objects/s on the 2-core bench machine, so a million keys take over half
+an hour per side before anything is measured.
+
+Per key count, on one source bucket:
+- copy everything: bare `mc mirror` into one empty bucket, `reconcile` into another (one
+  run each: a copy of 100,000 objects takes minutes);
+- nothing to copy: the same two again, ROUNDS times interleaved (the nightly common case);
+- `backfill --dry-run` against the target holding every key, and `mc ls --recursive` of
+  the source, ROUNDS times interleaved.
+Ours runs with the seed's variables only (MINIO_*, AWS_*, BUCKET_PAIR): no Slack, no
+RabbitMQ, and none of the machine's CA bundles (the endpoints are plain http).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+
+from harness import (
+    CLI,
+    ROUNDS,
+    Box,
+    MiB,
+    Row,
+    Run,
+    Stack,
+    drop,
+    env_for,
+    mc,
+    median,
+    rounds_s,
+    run_child,
+    target_count,
+)
+
+COUNTS = tuple(int(n) for n in os.environ.get("GROWTH_KEYS", "10000,100000").split(","))
+SIZE = 1024
+BATCH = 5000  # objects per tar
+LOADERS = 4  # tars unpacked at once
+NOT_OURS = ("RABBITMQ_URL", "SLACK_BOT_TOKEN", "SLACK_CHANNEL_ID", "SLACK_API_URL")
+CA_BUNDLES = ("AWS_CA_BUNDLE", "MINIO_CA_BUNDLE", "MIRROR_CA_BUNDLE")
+
+
+def load(stack: Stack, bucket: str, count: int) -> None:
+    """`count` objects of SIZE bytes (o/0000000 ...): tars that MinIO unpacks itself."""
+    client = stack.source.client()
+    client.create_bucket(Bucket=bucket)
+    body = os.urandom(SIZE)
+
+    def one(start: int) -> None:
+        packed = io.BytesIO()
+        with tarfile.open(fileobj=packed, mode="w") as tar:
+            for i in range(start, min(start + BATCH, count)):
+                entry = tarfile.TarInfo(f"o/{i:07d}")
+                entry.size = SIZE
+                tar.addfile(entry, io.BytesIO(body))
+        client.put_object(
+            Bucket=bucket,
+            Key=f"batch-{start}.tar",
+            Body=packed.getvalue(),
+            Metadata={"snowball-auto-extract": "true"},
+        )
+
+    with ThreadPoolExecutor(LOADERS) as pool:
+        list(pool.map(one, range(0, count, BATCH)))
+
+
+def nightly_env(stack: Stack, src: str, dst: str) -> dict[str, str]:
+    env = env_for(stack, BUCKET_PAIR=f"minio/{src}:aws/{dst}")
+    for name in NOT_OURS + CA_BUNDLES:
+        env.pop(name, None)
+    return env
+
+
+def reconcile(stack: Stack, src: str, dst: str) -> Run:
+    return run_child([CLI, "reconcile"], nightly_env(stack, src, dst), stack)
+
+
+def requests_text(run: Run) -> str:
+    return ", ".join(f"{name} {n:.0f}" for name, n in run.requests.items() if n)
+
+
+def compared(name: str, peer: str, ours: list[Run], theirs: list[Run], context: str) -> list[Row]:
+    """Time ratio (medians), peak RSS and round 1's S3 requests, ours against `peer`'s."""
+    mine, its = median(ours, lambda r: r.seconds), median(theirs, lambda r: r.seconds)
+    rss = [max(r.peak_rss for r in runs) / MiB for runs in (ours, theirs)]
+    return [
+        (
+            name,
+            f"time, ours / {peer}",
+            f"**{mine / its:.2f}×**",
+            f"medians of {len(ours)} (ours {rounds_s(ours)}, {peer} {rounds_s(theirs)}); {context}",
+        ),
+        (name, f"peak RSS (VmHWM), ours / {peer}", f"{rss[0]:.0f} MiB / {rss[1]:.0f} MiB", ""),
+        (name, "S3 requests, ours", requests_text(ours[0]), f"{peer}: {requests_text(theirs[0])}"),
+    ]
+
+
+def growth(stack: Stack, count: int) -> list[Row]:
+    src, by_mc, by_us = f"growth-{count}", f"growth-{count}-mc", f"growth-{count}-ours"
+    load(stack, src, count)
+    target = stack.target.client()
+    for bucket in (by_mc, by_us):
+        target.create_bucket(Bucket=bucket)
+    box = Box()
+    copy_mc = [mc(stack, "mirror", "--json", f"minio/{src}", f"aws/{by_mc}")]
+    copy_us = [reconcile(stack, src, by_us)]
+    if target_count(stack, by_us) != count:
+        raise RuntimeError(f"{by_us}: {target_count(stack, by_us)} objects, not {count}")
+    copied = box.since()
+    box = Box()
+    again_mc: list[Run] = []
+    again_us: list[Run] = []
+    listed_mc: list[Run] = []
+    listed_us: list[Run] = []
+    for _ in range(ROUNDS):
+        again_mc.append(mc(stack, "mirror", "--json", f"minio/{src}", f"aws/{by_mc}"))
+        again_us.append(reconcile(stack, src, by_us))
+        listed_mc.append(mc(stack, "ls", "--recursive", f"minio/{src}"))
+        env = nightly_env(stack, src, by_us)
+        listed_us.append(run_child([CLI, "backfill", "--prefix", "o", "--dry-run"], env, stack))
+    repeated = box.since()
+    for bucket in (by_mc, by_us):
+        drop(stack.target, bucket)
+    drop(stack.source, src)
+    keys = f"{count:,} × 1 KiB"
+    nothing = f"S7: reconcile, {keys}, nothing to copy"
+    everything = f"S7: reconcile, {keys}, copy everything"
+    backfill = f"S7: backfill --dry-run, {keys}, target holding every key"
+    mirror = "bare `mc mirror`"
+    return [
+        *compared(nothing, mirror, again_us, again_mc, f"target ≤ 1.2×; {repeated}"),
+        *compared(everything, mirror, copy_us, copy_mc, f"target ≤ 1.0×; {copied}"),
+        *compared(backfill, "`mc ls --recursive`", listed_us, listed_mc, repeated),
+    ]
+
+
+def bench_growth(stack: Stack) -> list[Row]:
+    """S7: see the module's docstring."""
+    rows: list[Row] = []
+    for count in COUNTS:
+        rows += growth(stack, count)
+    return rows
