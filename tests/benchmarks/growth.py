@@ -3,8 +3,9 @@ each against its mc reference in the same run (time ratio, peak RSS, S3 requests
 
 Key counts: GROWTH_KEYS (default "10000,100000"). 1,000,000 works the same way but is not
 in the default: the loader below (MinIO unpacking tars of 1 KiB objects, "snowball")
-makes about 500 objects/s on the 2-core bench machine, so a million keys take over half
-an hour per side before anything is measured.
+made 100-500 objects/s on the shared 2-core bench machine (load average 80 to 15), so a
+million keys take over half an hour before anything is measured, and each copy-everything
+run as long again.
 
 Per key count, on one source bucket:
 - copy everything: bare `mc mirror` into one empty bucket, `reconcile` into another (one
