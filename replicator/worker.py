@@ -497,9 +497,10 @@ class Worker:
     @staticmethod
     def _follow_prefetch(limit: int, prefetch: int) -> int:
         """The prefetch window for `limit` copies, or `prefetch` (the current one) while it
-        fits: from half to twice PREFETCH_PER_THREAD per copy (each change costs a new
-        consumer)."""
-        if limit * PREFETCH_PER_THREAD // 2 <= prefetch <= limit * PREFETCH_PER_THREAD * 2:
+        fits: from one to two times PREFETCH_PER_THREAD per copy. A raised limit gets its
+        full window at once (with less, its copies would not all be busy and its trial
+        would go unjudged); a lowered one keeps a window up to twice its own."""
+        if limit * PREFETCH_PER_THREAD <= prefetch <= limit * PREFETCH_PER_THREAD * 2:
             return prefetch
         return limit * PREFETCH_PER_THREAD
 
