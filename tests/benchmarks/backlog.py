@@ -98,8 +98,11 @@ def bench_backlog(stack: Stack) -> list[Row]:
         stack.target.start()
         back_at = time.monotonic()
         first = wait(lambda: counters(work).get("objects_replicated", 0) > 0, "a first copy")
-        done = wait(
-            lambda: counters(work).get("objects_replicated", 0) >= TASKS, "the drain", poll=0.5
+        done = wait(  # the drain's bound scales with the backlog: 50 objects/s at worst
+            lambda: counters(work).get("objects_replicated", 0) >= TASKS,
+            "the drain",
+            timeout=max(TIMEOUT_S, TASKS / 50),
+            poll=0.5,
         )
         final = counters(work)
     finally:
