@@ -9,7 +9,11 @@ flat and each copy's latency rises. So the limit is raised by trial (doubling at
 then by a quarter) and a trial is kept only if throughput rose with it; otherwise the
 limit goes back and the next trial waits twice as long. A SlowDown (or 503, 429) halves
 the limit. The limit never exceeds the hard maximum, nor the memory budget divided by
-what a copy holds (a small object's body is held whole while it is written).
+what a copy held on average (a small object's body is held whole while it is written).
+That average only keeps the thread count sensible: the budget itself is enforced per
+body by the copy engine (`copier.BODY_BUDGET`), which takes a body's bytes before it is
+read and gives them back once it is written, so a burst of large bodies waits instead of
+holding more.
 
 `decide` is the whole policy: pure, measurements in, limit out. `Controller` measures
 (copies finished, mean in flight, latency, throttling) and applies it.
@@ -32,7 +36,10 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 START = 8  # auto's first limit: where a loopback run on 2 cores does best (S1)
 CEILING = 64  # auto's hard maximum
-MEMORY_BUDGET = 64 * MiB  # bodies of the copies in flight, on average (parts have their own)
+# Bytes of whole bodies the copies in flight hold at once: enforced per body by the copy
+# engine (copier.BODY_BUDGET); `cap` keeps the limit near it on average. Parts have
+# their own budget.
+MEMORY_BUDGET = 64 * MiB
 HELD_FLOOR = 64 * 1024  # a copy holds at least this (buffers, headers, TLS)
 SLOW_START = 2.0  # growth per trial until the first one fails
 STEP = 1.25  # growth per trial after that
@@ -76,7 +83,9 @@ class State:
 
 
 def cap(state: State, sample: Sample, budget: int = MEMORY_BUDGET) -> int:
-    """The most copies in flight the hard maximum and the memory budget allow."""
+    """The most copies in flight the hard maximum and the memory budget allow: the budget
+    over the average a copy held. More copies than that would mostly wait for the copy
+    engine's body budget, which bounds the bytes held at every moment."""
     by_memory = int(budget // max(sample.held_bytes, HELD_FLOOR))
     return max(1, min(state.ceiling, by_memory))
 

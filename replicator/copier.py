@@ -1,7 +1,8 @@
 """The copy engine: one source object to its target key(s), by the rules of design 7.
 
 Copies what the source holds now (pinned by ETag while reading), streams large objects
-in parts through a fixed buffer budget, keeps headers and user metadata, and records the
+in parts through a fixed buffer budget (a small object's body, held whole, takes its
+bytes from a budget of its own), keeps headers and user metadata, and records the
 source identity on the target. Every write is conditional on the target being as we saw
 it (If-None-Match / If-Match), and a replacement re-checks the source after writing, so
 an older version never stays over a newer one. A new object costs a target HEAD, one
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 import tenacity
 
+from .concurrency import MEMORY_BUDGET
 from .config import BucketPair, Settings
 from .errors import CopyError, Kind
 from .filters import pairs_for, shares_target
@@ -43,6 +45,11 @@ PART_SIZE = 16 * MiB
 MULTIPART_THRESHOLD = 16 * MiB
 MAX_PARTS = 10_000
 PART_BUDGET = 3 * PART_SIZE  # bytes of parts in memory at once, for the whole process
+# Bytes of whole bodies (objects up to MULTIPART_THRESHOLD, one GET then one PUT) in
+# memory at once, for the whole process: taken before a body is read, given back once
+# its PUT is done. Not the parts' budget: a small copy never waits behind a large
+# object's parts.
+BODY_BUDGET = MEMORY_BUDGET
 PART_THREADS = 8
 PARTS_PER_UPLOAD = 3  # parts of one object in flight at once
 # A part's PUT idles two round trips (100 Continue, then the answer) holding its buffer.
@@ -135,9 +142,9 @@ def unmap_large_buffers() -> bool:
 
 
 class Budget:
-    """Bytes of part buffers the process may hold at once. (A part larger than the whole
-    budget, in objects above ~470 GiB, is streamed instead; were one held, it would wait
-    until it is alone.)"""
+    """Bytes of buffers (parts, or whole bodies) the process may hold at once. One
+    larger than the whole budget waits until it is alone. (A part that large, in objects
+    above ~470 GiB, is streamed instead.)"""
 
     def __init__(self, total: int) -> None:
         self.total, self.used = total, 0
@@ -245,6 +252,7 @@ class Copier:
         self.locks = KeyLocks()
         self.fresh = Freshness()
         self.buffers = Budget(PART_BUDGET)
+        self.bodies = Budget(BODY_BUDGET)
         unmap_large_buffers()
         self.parts = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="part")
 
@@ -309,27 +317,30 @@ class Copier:
             guess = not replay and (guess or self.fresh.likely())
             for _ in range(CHASES):
                 target = None if guess else self.target.head(bucket, key)
-                if target is None:
-                    # Nothing to compare with: one GET gives the source's identity and
-                    # (small) bytes; the write lands only if the key is still absent.
-                    source, body = self.source.get(task.bucket, task.key, MULTIPART_THRESHOLD)
-                    when = "absent"
-                else:
-                    source, body = self._head_source(task), None
-                    if current(target, source):
-                        self.fresh.saw(False)
-                        return Outcome(False, "target already current")
-                    if not self.settings.overwrite:
-                        self.fresh.saw(False)
-                        return Outcome(False, "target exists and differs (MIRROR_OVERWRITE=false)")
-                    when = target.etag
-                try:
-                    self._write(task, source, bucket, key, when, body)
-                except CopyError as exc:
-                    if exc.kind is Kind.CONFLICT:  # the source or the target changed under us
-                        guess = False
-                        continue
-                    raise
+                with contextlib.ExitStack() as held:  # a body read whole, until it is written
+                    if target is None:
+                        # Nothing to compare with: one GET gives the source's identity and
+                        # (small) bytes; the write lands only if the key is still absent.
+                        source, body = self._get(task, held)
+                        when = "absent"
+                    else:
+                        source, body = self._head_source(task), None
+                        if current(target, source):
+                            self.fresh.saw(False)
+                            return Outcome(False, "target already current")
+                        if not self.settings.overwrite:
+                            self.fresh.saw(False)
+                            return Outcome(
+                                False, "target exists and differs (MIRROR_OVERWRITE=false)"
+                            )
+                        when = target.etag
+                    try:
+                        self._write(task, source, bucket, key, when, body)
+                    except CopyError as exc:
+                        if exc.kind is Kind.CONFLICT:  # the source or the target changed
+                            guess = False
+                            continue
+                        raise
                 self.fresh.saw(target is None)
                 # Replacing an object needs one more look: the source may have gone back to
                 # content the target held, which another task then found "current".
@@ -339,6 +350,16 @@ class Copier:
                 # MD5 (Content-MD5, or the parts' MD5 compared here) where it has one.
                 return Outcome(True, "copied", source.size)
         raise CopyError(Kind.TRANSIENT, "source or target kept changing while copying", "source")
+
+    def _get(self, task: Task, held: contextlib.ExitStack) -> tuple[Head, bytes | None]:
+        """The source's identity and, up to MULTIPART_THRESHOLD, its bytes, in one GET.
+        The body's bytes come from the body budget once the headers give its size and
+        before it is read; `held` keeps them until the caller's write is done."""
+
+        def reserve(size: int) -> None:
+            held.enter_context(self.bodies.hold(size))
+
+        return self.source.get(task.bucket, task.key, MULTIPART_THRESHOLD, reserve)
 
     def _head_source(self, task: Task) -> Head:
         head = self.source.head(task.bucket, task.key)
@@ -356,15 +377,19 @@ class Copier:
     def _write(
         self, task: Task, source: Head, bucket: str, key: str, when: str, body: bytes | None
     ) -> str:
-        """Write the object if the target still is as we saw it; returns the target's ETag."""
+        """Write the object if the target still is as we saw it; returns the target's ETag.
+        A `body` given was read by `_get`, which holds its bytes in the body budget;
+        otherwise a body up to MULTIPART_THRESHOLD is read here, under the same budget."""
         metadata = self._metadata(source)
         tags = None
         if self.settings.copy_tags and source.tag_count:
             tags = self.source.tags(task.bucket, task.key)
         if source.size <= MULTIPART_THRESHOLD:
-            if body is None:
-                body = self._read(task, source, 0, source.size - 1) if source.size else b""
-            return self.target.put(bucket, key, body, source, metadata, when, tags)
+            with contextlib.ExitStack() as held:
+                if body is None:  # its bytes taken before they are read, until the PUT is done
+                    held.enter_context(self.bodies.hold(source.size))
+                    body = self._read(task, source, 0, source.size - 1) if source.size else b""
+                return self.target.put(bucket, key, body, source, metadata, when, tags)
         asked = time.monotonic()
         upload = self.target.create_upload(bucket, key, source, metadata, tags, PART_CHECKSUM)
         rtt_s = time.monotonic() - asked  # how far the target is, roughly

@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -133,13 +133,23 @@ class S3:
             self._bucket_exists(bucket)
         return None
 
-    def get(self, bucket: str, key: str, limit: int) -> tuple[Head, bytes | None]:
-        """Identity and bytes in one GET; no bytes (the answer is dropped) above `limit`."""
+    def get(
+        self,
+        bucket: str,
+        key: str,
+        limit: int,
+        reserve: Callable[[int], object] | None = None,
+    ) -> tuple[Head, bytes | None]:
+        """Identity and bytes in one GET; no bytes (the answer is dropped) above `limit`.
+        `reserve(size)` is called once the headers give the size, before the body is read
+        (to take memory for it, which the caller gives back; it may wait)."""
         answer = self._open("GET", bucket, key, _CHECKSUMS)
         try:
             head = self._head(answer.headers)
             if head.size > limit:
                 return head, None
+            if reserve is not None:
+                reserve(head.size)
             return head, self._body(answer, head.size)
         finally:
             answer.close()  # a body read whole went back to the pool already; else dropped

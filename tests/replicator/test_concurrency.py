@@ -76,6 +76,11 @@ def test_the_memory_budget_caps_the_limit():
     assert decide(State(limit=8), big).limit == 4
     assert climb(State(limit=8), 3) == [16, 32, 64]  # small objects: the hard maximum
     assert concurrency.cap(State(limit=8), big) == concurrency.MEMORY_BUDGET // (16 * MiB)
+    # The cap is an average; every body is held within the same budget by the copy engine
+    # (tests/replicator/test_copier.py: test_bodies_held_at_once_never_exceed_...).
+    from replicator import copier
+
+    assert copier.BODY_BUDGET == concurrency.MEMORY_BUDGET
 
 
 def test_no_growth_while_copies_take_far_longer_than_their_fastest():

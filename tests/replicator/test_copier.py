@@ -29,8 +29,13 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import http.client
+import os
+import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -38,7 +43,8 @@ import stack as local_stack
 from prometheus_client.parser import text_string_to_metric_families
 
 from replicator import config
-from replicator.copier import SOURCE_ETAG, SOURCE_META, Copier, Outcome
+from replicator.copier import SOURCE_ETAG, SOURCE_META, Budget, Copier, Outcome
+from replicator.errors import CopyError
 from replicator.task import Task
 from tests.conftest import Target, base_env
 
@@ -652,6 +658,165 @@ def test_the_part_budget_bounds_bytes_in_memory_and_lets_a_huge_part_through_alo
         t.join(10)
     assert not any(t.is_alive() for t in threads)
     assert peak[0] == 250  # the huge part ran alone; otherwise at most 90 (3 x 30)
+
+
+class Watched(Budget):
+    """A body budget that records the sizes asked of it, in order."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(total)
+        self.asked: list[int] = []
+
+    @contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        self.asked.append(size)
+        with super().hold(size):
+            yield
+
+
+class HeldBodies:
+    """The bytes of whole bodies a copier really holds at once: a body counts from the
+    moment its GET (or ranged read) returned it until the PUT that sends it returned,
+    success or failure. Each PUT waits `pause` first, so that copies overlap."""
+
+    def __init__(self, copier: Copier, pause: float) -> None:
+        self.lock, self.live, self.peak = threading.Lock(), 0, 0
+        get, read, put = copier.source.get, copier.source.read, copier.target.put
+
+        def getting(*args, **kwargs):
+            head, data = get(*args, **kwargs)
+            if data is not None:
+                self.count(len(data))
+            return head, data
+
+        def reading(*args, **kwargs):
+            data = read(*args, **kwargs)
+            self.count(len(data))
+            return data
+
+        def putting(bucket, key, data, *args, **kwargs):
+            try:
+                time.sleep(pause)
+                return put(bucket, key, data, *args, **kwargs)
+            finally:
+                self.count(-len(data))
+
+        copier.source.get, copier.source.read, copier.target.put = getting, reading, putting
+
+    def count(self, size: int) -> None:
+        with self.lock:
+            self.live += size
+            self.peak = max(self.peak, self.live)
+
+
+@on_minio
+@pytest.mark.parametrize("case", ["new", "replaced"])
+def test_bodies_held_at_once_never_exceed_the_body_budget(stack, target, pair, case):
+    """A burst of single-PUT copies: each body's bytes come from the body budget before
+    it is read and go back once its PUT is done, so the bodies held at once stay within
+    it at every moment (not only on average), new keys (one GET) and replacements (HEAD
+    first, then a ranged read) alike. Without the budget all eight are held at once."""
+    src, dst, settings = pair
+    size, copies = 200 * 1024, 8
+    keys = [f"burst/{i}" for i in range(copies)]
+    source = stack.source.client()
+    if case == "replaced":
+        for key in keys:
+            source.put_object(Bucket=src, Key=key, Body=b"old")
+            assert Copier(settings).copy(Task(bucket=src, key=key, origin="backfill")).copied
+    data = {key: os.urandom(size) for key in keys}
+    for key in keys:
+        source.put_object(Bucket=src, Key=key, Body=data[key])
+    copier = Copier(settings)
+    copier.bodies = Budget(2 * size + size // 2)  # room for two bodies, not three
+    held = HeldBodies(copier, pause=0.1)
+
+    def copy(key: str) -> Outcome:
+        return copier.copy(Task(bucket=src, key=key, origin="webhook"))
+
+    with ThreadPoolExecutor(copies) as pool:
+        outcomes = list(pool.map(copy, keys))
+    assert all(o.copied for o in outcomes), outcomes
+    assert held.peak <= copier.bodies.total, f"{held.peak} bytes held at once"
+    assert held.peak >= 2 * size  # the copies did overlap: the bound was tested
+    assert held.live == copier.bodies.used == 0
+    for key in keys:
+        assert body(target, dst, key) == data[key], key
+
+
+@on_minio
+@pytest.mark.parametrize("case", ["new", "replaced"])
+def test_a_body_is_not_read_until_the_body_budget_has_room(stack, target, pair, case):
+    """The size is known before the body is read (the GET's headers, or the HEAD): with
+    the body budget full, the copy asks it for exactly that size and waits with the body
+    unread; once room is given back it reads and copies."""
+    src, dst, settings = pair
+    data = os.urandom(300 * 1024)
+    source = stack.source.client()
+    if case == "replaced":
+        source.put_object(Bucket=src, Key="k", Body=b"old")
+        assert Copier(settings).copy(Task(bucket=src, key="k", origin="backfill")).copied
+    source.put_object(Bucket=src, Key="k", Body=data)
+    copier = Copier(settings)
+    copier.bodies = Watched(len(data))
+    reads = threading.Event()
+    real = copier.source.transport.read
+
+    def reading(answer, size):
+        reads.set()
+        return real(answer, size)
+
+    copier.source.transport.read = reading
+    outcome: list[Outcome] = []
+    copying = threading.Thread(
+        target=lambda: outcome.append(copier.copy(Task(bucket=src, key="k", origin="webhook")))
+    )
+    with copier.bodies.hold(1):  # another copy's body: this one no longer fits
+        copying.start()
+        deadline = time.monotonic() + 10
+        while copier.bodies.asked[1:] != [len(data)] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert copier.bodies.asked == [1, len(data)]  # asked for the size, before reading
+        assert not reads.wait(0.5), "the body was read before the budget had room for it"
+        assert copying.is_alive()
+    copying.join(10)
+    assert reads.is_set() and outcome and outcome[0].copied
+    assert copier.bodies.used == 0
+    assert body(target, dst, "k") == data
+
+
+@on_minio
+def test_a_small_copy_never_waits_for_the_part_budget(stack, target, pair):
+    """Bodies have a budget of their own: with every part buffer taken (large objects
+    copying), a small object still copies at once."""
+    src, dst, settings = pair
+    stack.source.client().put_object(Bucket=src, Key="small", Body=b"s" * 1000)
+    copier = Copier(settings)
+    assert copier.bodies is not copier.buffers
+    done = threading.Event()
+
+    def copy() -> None:
+        assert copier.copy(Task(bucket=src, key="small", origin="webhook")).copied
+        done.set()
+
+    with copier.buffers.hold(copier.buffers.total):
+        threading.Thread(target=copy, daemon=True).start()
+        assert done.wait(10), "a small copy waited behind the parts' budget"
+    assert body(target, dst, "small") == b"s" * 1000
+
+
+@on_minio
+def test_a_failed_put_gives_its_body_back_to_the_budget(stack, target, pair):
+    """The target refuses the write (its bucket is gone): the body's bytes are given back
+    all the same."""
+    src = pair[0]
+    stack.source.client().put_object(Bucket=src, Key="k", Body=b"x" * 1000)
+    env = {**base_env(stack), "BUCKET_PAIR": f"minio/{src}:aws/no-such-bucket-here"}
+    copier = Copier(config.load(env))
+    copier.bodies = Watched(copier.bodies.total)
+    with pytest.raises(CopyError):
+        copier.copy(Task(bucket=src, key="k", origin="webhook"))
+    assert copier.bodies.asked == [1000] and copier.bodies.used == 0
 
 
 def test_a_removal_never_deletes_a_key_another_pair_writes(stack, buckets):

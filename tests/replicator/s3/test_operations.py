@@ -88,6 +88,36 @@ def test_head_and_get_see_every_header_and_a_missing_key(stack, source):
     assert s3.head(bucket, "missing") is None
 
 
+def test_get_reserves_the_size_after_the_headers_and_before_the_body(stack, source):
+    """`reserve(size)` comes once the headers say the size and before a byte of the body
+    is read; not at all above the limit. When it raises, the answer is closed unread and
+    the next GET works."""
+    bucket, s3 = source
+    stack.source.client().put_object(Bucket=bucket, Key="k", Body=b"abcde")
+    events: list[str] = []
+    real = s3.transport.read
+
+    def reading(answer, size):
+        events.append(f"read {size}")
+        return real(answer, size)
+
+    s3.transport.read = reading
+    head, data = s3.get(bucket, "k", 10, lambda size: events.append(f"reserve {size}"))
+    assert (head.size, data, events) == (5, b"abcde", ["reserve 5", "read 5"])
+
+    events.clear()
+    assert s3.get(bucket, "k", 4, lambda size: events.append("reserve"))[1] is None
+    assert events == []
+
+    def refused(size: int) -> None:
+        raise RuntimeError("no room")
+
+    with pytest.raises(RuntimeError):
+        s3.get(bucket, "k", 10, refused)
+    assert events == []
+    assert s3.get(bucket, "k", 10)[1] == b"abcde"
+
+
 def test_a_missing_bucket_is_permanent_not_a_missing_key(stack, source):
     _, s3 = source
     for call in (
