@@ -69,6 +69,7 @@ PART_CHECKSUM = "CRC32"
 CHASES = 5  # how often to follow a source that keeps changing before giving up
 WRITE_FIRST_AT = 0.95  # share of recent writes that found no target object
 FRESH_WINDOW = 32  # about how many recent writes that share remembers
+SMALL_QUIET_S = 0.5  # how long after the last small PUT large copies keep yielding
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,54 @@ class KeyLocks:
                     del self.locks[key]
                 else:
                     self.locks[key] = (lock, users - 1)
+
+
+class SmallFirst:
+    """Whether small copies (one PUT each) are running, or ran within SMALL_QUIET_S: a
+    large object's parts then go one at a time, so its bytes do not take the link (and,
+    where servers share the host, the CPU) from them. Two thousand small objects would
+    otherwise lose half their rate while one 1 GiB copy runs (issue 23's S6); the large
+    copy never stops, it goes at one part per round trip until they are done."""
+
+    def __init__(self) -> None:
+        self.running, self.last = 0, -math.inf
+        self.guard = threading.Lock()
+
+    @contextmanager
+    def put(self) -> Iterator[None]:
+        with self.guard:
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.guard:
+                self.running -= 1
+                self.last = time.monotonic()
+
+    def busy(self) -> bool:
+        return self.running > 0 or time.monotonic() - self.last < SMALL_QUIET_S
+
+
+class PartsInFlight:
+    """One upload's parts in flight: at most `most`, one while small copies run."""
+
+    def __init__(self, most: int, small: SmallFirst) -> None:
+        self.most, self.small, self.count = most, small, 0
+        self.changed = threading.Condition()
+
+    def _room(self) -> bool:
+        return self.count < (1 if self.small.busy() else self.most)
+
+    def take(self) -> None:
+        with self.changed:
+            while not self.changed.wait_for(self._room, SMALL_QUIET_S):
+                pass  # small copies may have stopped since: look again
+            self.count += 1
+
+    def give(self, _: object = None) -> None:
+        with self.changed:
+            self.count -= 1
+            self.changed.notify()
 
 
 class Freshness:
@@ -252,6 +301,7 @@ class Copier:
         self.locks = KeyLocks()
         self.fresh = Freshness()
         self.buffers = Budget(PART_BUDGET)
+        self.small = SmallFirst()
         self.bodies = Budget(BODY_BUDGET)
         unmap_large_buffers()
         self.parts = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="part")
@@ -389,7 +439,8 @@ class Copier:
                 if body is None:  # its bytes taken before they are read, until the PUT is done
                     held.enter_context(self.bodies.hold(source.size))
                     body = self._read(task, source, 0, source.size - 1) if source.size else b""
-                return self.target.put(bucket, key, body, source, metadata, when, tags)
+                with self.small.put():
+                    return self.target.put(bucket, key, body, source, metadata, when, tags)
         asked = time.monotonic()
         upload = self.target.create_upload(bucket, key, source, metadata, tags, PART_CHECKSUM)
         rtt_s = time.monotonic() - asked  # how far the target is, roughly
@@ -407,14 +458,14 @@ class Copier:
         self, task: Task, source: Head, bucket: str, key: str, upload: str, rtt_s: float
     ) -> list[dict[str, object]]:
         """Parts in parallel, as many and as large as `layout` says for a target `rtt_s`
-        away; each holds a buffer from the process-wide budget, and a failed part is
-        retried alone."""
+        away (one at a time while small copies run: `SmallFirst`); each holds a buffer
+        from the process-wide budget, and a failed part is retried alone."""
         part_size, parts_in_flight = layout(source.size, rtt_s)
         ranges = [
             (number, start, min(start + part_size, source.size) - 1)
             for number, start in enumerate(range(0, source.size, part_size), 1)
         ]
-        in_flight = threading.BoundedSemaphore(parts_in_flight)
+        in_flight = PartsInFlight(parts_in_flight, self.small)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(
                 lambda e: isinstance(e, CopyError) and e.kind in (Kind.TRANSIENT, Kind.DOWN)
@@ -442,9 +493,9 @@ class Copier:
         futures = []
         try:
             for number, start, end in ranges:
-                in_flight.acquire()
+                in_flight.take()
                 future = self.parts.submit(retrying, one, number, start, end)
-                future.add_done_callback(lambda _: in_flight.release())
+                future.add_done_callback(in_flight.give)
                 futures.append(future)
                 failed = [f for f in futures if f.done() and f.exception()]
                 if failed:

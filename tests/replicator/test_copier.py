@@ -27,6 +27,7 @@ AWS's InvalidRequest). Where moto still differs from AWS, the tests say so:
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import http.client
 import os
@@ -890,6 +891,87 @@ def test_a_failing_part_is_sent_part_tries_times_and_the_worker_adds_none(stack,
         assert engine.PART_TRIES <= proxy.count(key, "PUT") <= 2 * engine.PART_TRIES
     finally:
         proxy.stop()
+
+
+def parts_at_once(copier: Copier) -> list[int]:
+    """Wraps the copier's part uploads: each waits 0.2 s so parts in flight overlap;
+    returns the list the most parts uploading at once is appended to."""
+    send, lock, state, most = copier.target.upload_part, threading.Lock(), [0], []
+
+    def upload_part(*args, **kwargs):
+        with lock:
+            state[0] += 1
+            most.append(state[0])
+        try:
+            time.sleep(0.2)
+            return send(*args, **kwargs)
+        finally:
+            with lock:
+                state[0] -= 1
+
+    copier.target.upload_part = upload_part
+    return most
+
+
+@on_minio
+@pytest.mark.parametrize("small_running", [False, True])
+def test_a_large_copy_sends_one_part_at_a_time_while_small_copies_run(
+    stack, target, pair, monkeypatch, small_running
+):
+    """Issue 23's S6: small objects keep their rate while a large one copies, because the
+    large copy yields (one part in flight) while single PUTs are running, and takes all
+    its parts in flight when they are not."""
+    from replicator.copier import PARTS_PER_UPLOAD
+
+    monkeypatch.setattr("replicator.copier.PART_SIZE", 5 * 1024 * 1024)  # 4 parts
+    src, dst, settings = pair
+    data = os.urandom(17 * 1024 * 1024)
+    stack.source.client().put_object(Bucket=src, Key="big", Body=data)
+    copier = Copier(settings)
+    most = parts_at_once(copier)
+    with copier.small.put() if small_running else contextlib.nullcontext():
+        assert copier.copy(Task(bucket=src, key="big", origin="backfill")).copied
+    assert max(most) == (1 if small_running else PARTS_PER_UPLOAD), most
+    assert body(target, dst, "big") == data
+
+
+@on_minio
+def test_a_single_put_counts_as_a_small_copy_running(stack, target, pair):
+    src, dst, settings = pair
+    stack.source.client().put_object(Bucket=src, Key="small", Body=b"s" * 1000)
+    copier = Copier(settings)
+    send, seen = copier.target.put, []
+
+    def put(*args, **kwargs):
+        seen.append(copier.small.running)
+        return send(*args, **kwargs)
+
+    copier.target.put = put
+    assert not copier.small.busy()
+    assert copier.copy(Task(bucket=src, key="small", origin="webhook")).copied
+    assert seen == [1] and copier.small.running == 0 and copier.small.busy()
+    assert body(target, dst, "small") == b"s" * 1000
+
+
+def test_parts_in_flight_widen_once_small_copies_have_been_quiet(monkeypatch):
+    """Yielding ends SMALL_QUIET_S after the last small PUT: a waiting part goes then."""
+    from replicator.copier import PartsInFlight, SmallFirst
+
+    monkeypatch.setattr("replicator.copier.SMALL_QUIET_S", 0.2)
+    small = SmallFirst()
+    gate = PartsInFlight(3, small)
+    with small.put():
+        gate.take()
+        second = threading.Thread(target=gate.take, daemon=True)
+        second.start()
+        second.join(0.3)
+        assert second.is_alive(), "a second part went while a small copy ran"
+    second.join(2)  # the small PUT ended: 0.2 s later the part may go
+    assert not second.is_alive() and gate.count == 2
+    gate.take()  # quiet now: up to 3 at once
+    assert gate.count == 3
+    gate.give(), gate.give(), gate.give()
+    assert gate.count == 0
 
 
 def test_a_far_target_gets_twice_the_parts_in_flight_of_half_the_size(monkeypatch):
