@@ -830,8 +830,8 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     _v(
         "MIRROR_MAX_WORKERS",
-        "`auto` (reconcile: mc decides; work: fitted to the link: starts at 8 copies at once, "
-        "at most 64)",
+        "`auto` (reconcile: mc sizes its own transfers, a number the copy engine's threads "
+        "for changed objects; work: fitted to the link: starts at 8 copies at once, at most 64)",
         "`auto` or 1 to 256",
         ("reconcile", "work", "backfill"),
         "parallel transfers",

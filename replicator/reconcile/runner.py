@@ -183,6 +183,8 @@ class PairJob:
 
     def _mirror_args(self) -> list[str]:
         # Never --overwrite: mc reports what differs, the copy engine decides (replace.py).
+        # No --max-workers: the pinned mc has no such flag (it sizes its own pool from the
+        # CPUs and the transfer rate); MIRROR_MAX_WORKERS sizes the copy engine's pool.
         # --md5: a Content-MD5 on every PUT and part, which the target verifies and Object
         # Lock buckets require (`--checksum` sends a trailing checksum, which the AWS-like
         # server refuses on them, and mc cannot combine the two).
@@ -196,8 +198,6 @@ class PairJob:
             args += ["--enc-kms", f"{target_bucket}={self.settings.sse_kms_key_id}"]
         if self.settings.skip_errors:
             args.append("--skip-errors")
-        if self.settings.max_workers:
-            args += ["--max-workers", str(self.settings.max_workers)]
         if self.settings.aws_region:
             args += ["--region", self.settings.aws_region]
         for pattern in self.settings.exclude:

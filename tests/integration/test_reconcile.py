@@ -64,6 +64,20 @@ def test_hard_keys_arrive_byte_identical_with_content_type(stack, buckets, run_c
     assert counted["bytes"] == sum(len(body) for _, body in HARD_KEYS.values())
 
 
+def test_a_number_of_workers_mirrors_as_the_seed_did(stack, buckets, run_cli):
+    """MIRROR_MAX_WORKERS=10 is the seed README's example (deploy/ sets 8). The pinned mc
+    has no flag for its transfers: the number sizes the copy engine's pool only, and
+    mc mirror still runs."""
+    src, dst = buckets("source"), buckets("target")
+    objects = {"a.txt": ("text/plain", b"a"), "b/c.txt": ("text/plain", b"c")}
+    put(stack.source.client(), src, objects)
+
+    result = run_cli("reconcile", env={"BUCKET_PAIR": pair(src, dst), "MIRROR_MAX_WORKERS": "10"})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert snapshot(stack.target.client(), dst) == objects
+
+
 def test_second_run_copies_nothing_and_says_so(stack, buckets, run_cli):
     src, dst = buckets("source"), buckets("target")
     put(
