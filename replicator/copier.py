@@ -124,8 +124,8 @@ class SmallFirst:
             yield
         finally:
             with self.guard:
+                self.last = time.monotonic()  # first: `busy` reads both without the lock
                 self.running -= 1
-                self.last = time.monotonic()
 
     def busy(self) -> bool:
         return self.running > 0 or time.monotonic() - self.last < SMALL_QUIET_S
@@ -191,25 +191,47 @@ def unmap_large_buffers() -> bool:
 
 
 class Budget:
-    """Bytes of buffers (parts, or whole bodies) the process may hold at once. One
+    """Bytes of buffers (parts, or whole bodies) the process may hold at once, handed out
+    in the order asked (a large body is never overtaken for ever by small ones). One
     larger than the whole budget waits until it is alone. (A part that large, in objects
     above ~470 GiB, is streamed instead.)"""
 
     def __init__(self, total: int) -> None:
         self.total, self.used = total, 0
         self.changed = threading.Condition()
+        self.issued = self.served = 0  # tickets: who waits, in order
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.total
+
+    def take(self, size: int, wait: bool = True) -> bool:
+        """Take `size` bytes, after everyone who asked before; without `wait`, only if
+        nobody waits and they fit now (False: nothing taken)."""
+        with self.changed:
+            if not wait:
+                if self.issued > self.served or not self._fits(size):
+                    return False
+                self.used += size
+                return True
+            ticket, self.issued = self.issued, self.issued + 1
+            self.changed.wait_for(lambda: self.served == ticket and self._fits(size))
+            self.served += 1
+            self.used += size
+            self.changed.notify_all()  # the next ticket may fit too
+            return True
+
+    def give(self, size: int) -> None:
+        with self.changed:
+            self.used -= size
+            self.changed.notify_all()
 
     @contextmanager
     def hold(self, size: int) -> Iterator[None]:
-        with self.changed:
-            self.changed.wait_for(lambda: self.used == 0 or self.used + size <= self.total)
-            self.used += size
+        self.take(size)
         try:
             yield
         finally:
-            with self.changed:
-                self.used -= size
-                self.changed.notify_all()
+            self.give(size)
 
 
 class Reading:
@@ -402,12 +424,17 @@ class Copier:
         raise CopyError(Kind.TRANSIENT, "source or target kept changing while copying", "source")
 
     def _get(self, task: Task, held: contextlib.ExitStack) -> tuple[Head, bytes | None]:
-        """The source's identity and, up to MULTIPART_THRESHOLD, its bytes, in one GET.
-        The body's bytes come from the body budget once the headers give its size and
-        before it is read; `held` keeps them until the caller's write is done."""
+        """The source's identity and, up to MULTIPART_THRESHOLD, its bytes, in one GET,
+        if the body budget has room for them the moment the headers give their size;
+        `held` keeps them until the caller's write is done. Without room the answer is
+        dropped unread (a server cuts an answer left waiting: MinIO after ~30 s), and
+        `_write` waits for room, then reads the bytes pinned by ETag."""
 
-        def reserve(size: int) -> None:
-            held.enter_context(self.bodies.hold(size))
+        def reserve(size: int) -> bool:
+            if not self.bodies.take(size, wait=False):
+                return False
+            held.callback(self.bodies.give, size)
+            return True
 
         return self.source.get(task.bucket, task.key, MULTIPART_THRESHOLD, reserve)
 
@@ -429,7 +456,7 @@ class Copier:
     ) -> str:
         """Write the object if the target still is as we saw it; returns the target's ETag.
         A `body` given was read by `_get`, which holds its bytes in the body budget;
-        otherwise a body up to MULTIPART_THRESHOLD is read here, under the same budget."""
+        otherwise a body up to MULTIPART_THRESHOLD is read here once the budget has room."""
         metadata = self._metadata(source)
         tags = None
         if self.settings.copy_tags and source.tag_count:

@@ -138,18 +138,17 @@ class S3:
         bucket: str,
         key: str,
         limit: int,
-        reserve: Callable[[int], object] | None = None,
+        reserve: Callable[[int], bool] | None = None,
     ) -> tuple[Head, bytes | None]:
-        """Identity and bytes in one GET; no bytes (the answer is dropped) above `limit`.
-        `reserve(size)` is called once the headers give the size, before the body is read
-        (to take memory for it, which the caller gives back; it may wait)."""
+        """Identity and bytes in one GET; no bytes (the answer is dropped) above `limit`,
+        nor where `reserve(size)`, asked once the headers give the size and before the
+        body is read (to take memory for it, which the caller gives back), says False.
+        It must not wait: the server is writing the body meanwhile."""
         answer = self._open("GET", bucket, key, _CHECKSUMS)
         try:
             head = self._head(answer.headers)
-            if head.size > limit:
+            if head.size > limit or (reserve is not None and not reserve(head.size)):
                 return head, None
-            if reserve is not None:
-                reserve(head.size)
             return head, self._body(answer, head.size)
         finally:
             answer.close()  # a body read whole went back to the pool already; else dropped

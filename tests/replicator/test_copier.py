@@ -36,7 +36,6 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -661,6 +660,33 @@ def test_the_part_budget_bounds_bytes_in_memory_and_lets_a_huge_part_through_alo
     assert peak[0] == 250  # the huge part ran alone; otherwise at most 90 (3 x 30)
 
 
+def test_the_budget_serves_in_order_so_a_large_body_is_not_overtaken():
+    """A large body waiting for room is not overtaken by small ones that would fit: they
+    queue behind it. A try without waiting fails while anyone waits."""
+    budget, order = Budget(4), []
+    budget.take(3)
+
+    def ask(name: str, size: int) -> None:
+        budget.take(size)
+        order.append(name)
+
+    large = threading.Thread(target=ask, args=("large", 4))
+    large.start()
+    while budget.issued == budget.served:
+        time.sleep(0.01)
+    small = threading.Thread(target=ask, args=("small", 1))
+    small.start()
+    time.sleep(0.2)
+    assert order == [] and not budget.take(1, wait=False)  # 3 + 1 fits, but large is first
+    budget.give(3)
+    large.join(5)
+    assert order == ["large"]
+    budget.give(4)
+    small.join(5)
+    assert order == ["large", "small"] and budget.used == 1
+    assert budget.take(3, wait=False) and not budget.take(1, wait=False)
+
+
 class Watched(Budget):
     """A body budget that records the sizes asked of it, in order."""
 
@@ -668,11 +694,9 @@ class Watched(Budget):
         super().__init__(total)
         self.asked: list[int] = []
 
-    @contextmanager
-    def hold(self, size: int) -> Iterator[None]:
+    def take(self, size: int, wait: bool = True) -> bool:
         self.asked.append(size)
-        with super().hold(size):
-            yield
+        return super().take(size, wait)
 
 
 class HeldBodies:
@@ -749,8 +773,9 @@ def test_bodies_held_at_once_never_exceed_the_body_budget(stack, target, pair, c
 @pytest.mark.parametrize("case", ["new", "replaced"])
 def test_a_body_is_not_read_until_the_body_budget_has_room(stack, target, pair, case):
     """The size is known before the body is read (the GET's headers, or the HEAD): with
-    the body budget full, the copy asks it for exactly that size and waits with the body
-    unread; once room is given back it reads and copies."""
+    the body budget full, the copy asks it for exactly that size and waits with no body
+    read (a GET that found no room is dropped unread, not kept open while waiting); once
+    room is given back it reads and copies."""
     src, dst, settings = pair
     data = os.urandom(300 * 1024)
     source = stack.source.client()
@@ -775,9 +800,10 @@ def test_a_body_is_not_read_until_the_body_budget_has_room(stack, target, pair, 
     with copier.bodies.hold(1):  # another copy's body: this one no longer fits
         copying.start()
         deadline = time.monotonic() + 10
-        while copier.bodies.asked[1:] != [len(data)] and time.monotonic() < deadline:
+        while copier.bodies.issued == copier.bodies.served and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert copier.bodies.asked == [1, len(data)]  # asked for the size, before reading
+        assert copier.bodies.issued == copier.bodies.served + 1  # the copy waits its turn
+        assert set(copier.bodies.asked[1:]) == {len(data)}  # asked for the size
         assert not reads.wait(0.5), "the body was read before the budget had room for it"
         assert copying.is_alive()
     copying.join(10)

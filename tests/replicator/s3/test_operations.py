@@ -90,8 +90,8 @@ def test_head_and_get_see_every_header_and_a_missing_key(stack, source):
 
 def test_get_reserves_the_size_after_the_headers_and_before_the_body(stack, source):
     """`reserve(size)` comes once the headers say the size and before a byte of the body
-    is read; not at all above the limit. When it raises, the answer is closed unread and
-    the next GET works."""
+    is read; not at all above the limit. When it says no room (or raises), the answer is
+    closed unread and the next GET works."""
     bucket, s3 = source
     stack.source.client().put_object(Bucket=bucket, Key="k", Body=b"abcde")
     events: list[str] = []
@@ -102,11 +102,20 @@ def test_get_reserves_the_size_after_the_headers_and_before_the_body(stack, sour
         return real(answer, size)
 
     s3.transport.read = reading
-    head, data = s3.get(bucket, "k", 10, lambda size: events.append(f"reserve {size}"))
+
+    def room(size: int) -> bool:
+        events.append(f"reserve {size}")
+        return True
+
+    head, data = s3.get(bucket, "k", 10, room)
     assert (head.size, data, events) == (5, b"abcde", ["reserve 5", "read 5"])
 
     events.clear()
-    assert s3.get(bucket, "k", 4, lambda size: events.append("reserve"))[1] is None
+    head, data = s3.get(bucket, "k", 10, lambda size: events.append("no room") is not None)
+    assert (head.size, data, events) == (5, None, ["no room"])
+
+    events.clear()
+    assert s3.get(bucket, "k", 4, room)[1] is None
     assert events == []
 
     def refused(size: int) -> None:
