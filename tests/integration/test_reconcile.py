@@ -190,7 +190,8 @@ def mc_wrapper(tmp_path: Path, delay: float = 1.0) -> tuple[Path, Path]:
         f'log="{log}"\n'
         'if [[ $1 == mirror ]]; then echo "start $$" >>"$log"; '
         f"sleep {delay}; fi\n"
-        'tr "\\0" " " </proc/$$/cmdline >>"$log"; echo >>"$log"\n'
+        # One write per line (O_APPEND): wrappers of pairs run at once share the log.
+        'printf "%s\\n" "$(tr "\\0" " " </proc/$$/cmdline)" >>"$log"\n'
         f'"{real / "bin" / "mc"}" "$@"; rc=$?\n'
         '[[ $1 == mirror ]] && echo "end $$" >>"$log"\n'
         "exit $rc\n"
