@@ -33,7 +33,7 @@ from .concurrency import MEMORY_BUDGET
 from .config import BucketPair, Settings
 from .errors import CopyError, Kind
 from .filters import pairs_for, shares_target
-from .s3 import S3, Head
+from .s3 import S3, Body, Head
 from .task import Task
 
 SOURCE_ETAG = "mirror-source-etag"
@@ -423,7 +423,7 @@ class Copier:
                 return Outcome(True, "copied", source.size)
         raise CopyError(Kind.TRANSIENT, "source or target kept changing while copying", "source")
 
-    def _get(self, task: Task, held: contextlib.ExitStack) -> tuple[Head, bytes | None]:
+    def _get(self, task: Task, held: contextlib.ExitStack) -> tuple[Head, Body | None]:
         """The source's identity and, up to MULTIPART_THRESHOLD, its bytes, in one GET,
         if the body budget has room for them the moment the headers give their size;
         `held` keeps them until the caller's write is done. Without room the answer is
@@ -452,7 +452,7 @@ class Copier:
         return metadata
 
     def _write(
-        self, task: Task, source: Head, bucket: str, key: str, when: str, body: bytes | None
+        self, task: Task, source: Head, bucket: str, key: str, when: str, body: Body | None
     ) -> str:
         """Write the object if the target still is as we saw it; returns the target's ETag.
         A `body` given was read by `_get`, which holds its bytes in the body budget;
@@ -478,7 +478,7 @@ class Copier:
             self.target.abort(bucket, key, upload)
             raise
 
-    def _read(self, task: Task, source: Head, start: int, end: int) -> bytes:
+    def _read(self, task: Task, source: Head, start: int, end: int) -> Body:
         return self.source.read(task.bucket, task.key, source.etag, start, end)
 
     def _upload_parts(

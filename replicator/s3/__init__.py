@@ -4,6 +4,6 @@ operations the product needs (`operations`), listings (`listing`) and typed fail
 of HTTP."""
 
 from .listing import Listed
-from .operations import KEPT_HEADERS, S3, Head
+from .operations import KEPT_HEADERS, S3, Body, Head
 
-__all__ = ["KEPT_HEADERS", "S3", "Head", "Listed"]
+__all__ = ["KEPT_HEADERS", "S3", "Body", "Head", "Listed"]

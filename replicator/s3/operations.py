@@ -31,6 +31,8 @@ from .errors import from_answer, from_exception, skew_s
 from .listing import Listed, listing
 from .transport import Network, Transport, proxy_for
 
+Body = bytes | bytearray  # a body held whole: bytearray when it came in several pieces
+
 # Headers that travel with the object (design 7.4), by their HTTP names.
 KEPT_HEADERS = (
     "Content-Type",
@@ -139,7 +141,7 @@ class S3:
         key: str,
         limit: int,
         reserve: Callable[[int], bool] | None = None,
-    ) -> tuple[Head, bytes | None]:
+    ) -> tuple[Head, Body | None]:
         """Identity and bytes in one GET; no bytes (the answer is dropped) above `limit`,
         nor where `reserve(size)`, asked once the headers give the size and before the
         body is read (to take memory for it, which the caller gives back), says False.
@@ -153,9 +155,9 @@ class S3:
         finally:
             answer.close()  # a body read whole went back to the pool already; else dropped
 
-    def read(self, bucket: str, key: str, etag: str, start: int, end: int) -> bytes:
+    def read(self, bucket: str, key: str, etag: str, start: int, end: int) -> Body:
         """Bytes start..end (inclusive) of the version with this ETag; CONFLICT if it changed."""
-        return b"".join(self.stream(bucket, key, etag, start, end))
+        return gathered(self.stream(bucket, key, etag, start, end), end - start + 1)
 
     def stream(self, bucket: str, key: str, etag: str, start: int, end: int) -> Iterator[bytes]:
         """Like `read`, piece by piece as the caller iterates: for a part too large to
@@ -193,8 +195,8 @@ class S3:
             raise self._gone()
         raise self._error(answer, body)
 
-    def _body(self, answer: Any, size: int) -> bytes:
-        return b"".join(self._pieces(answer, size))
+    def _body(self, answer: Any, size: int) -> Body:
+        return gathered(self._pieces(answer, size), size)
 
     def _pieces(self, answer: Any, size: int) -> Iterator[bytes]:
         """The body's pieces; fewer or more bytes than `size` is an error."""
@@ -265,7 +267,7 @@ class S3:
         self,
         bucket: str,
         key: str,
-        body: bytes,
+        body: Body,
         head: Head,
         metadata: dict[str, str],
         when: str,
@@ -317,7 +319,7 @@ class S3:
         number: int,
         size: int,
         crc32: str,
-        body: bytes | Iterable[bytes],
+        body: Body | Iterable[bytes],
     ) -> dict[str, Any]:
         """One part of `size` bytes (held or streamed from pieces), with the CRC32
         (base64) they must have: the target refuses the part otherwise."""
@@ -461,7 +463,7 @@ class S3:
         key: str,
         query: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
-        body: bytes | Iterable[bytes] | None = None,
+        body: Body | Iterable[bytes] | None = None,
         payload: str = signing.EMPTY_SHA256,
         size: int | None = None,
     ) -> tuple[int, Any, bytes | None]:
@@ -470,7 +472,7 @@ class S3:
         other error answer raises its typed error. A SlowDown paces every thread of the endpoint."""
         url, signed = self._sign(method, bucket, key, query, headers or {}, payload)
         if size is None:
-            size = len(body) if isinstance(body, bytes) else 0
+            size = len(body) if isinstance(body, bytes | bytearray) else 0
         try:
             answer = self.transport.send(method, url, signed, body, size=size)
             data = answer.data or b""
@@ -522,7 +524,24 @@ _CHECKSUMS = {"x-amz-checksum-mode": "ENABLED"}  # ask for the object's declared
 _PACED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests"})
 
 
-def verify_declared(side: str, head: Head, body: bytes) -> None:
+def gathered(pieces: Iterable[bytes], size: int) -> Body:
+    """The pieces of a body of `size` bytes as one buffer, taken at its full size before
+    the first copy: joining them would hold the pieces and the joined copy at once (twice
+    the size). A body that came in one piece is that piece."""
+    first, whole, at = b"", None, 0
+    for piece in pieces:
+        if at == 0:
+            first = piece
+        else:
+            if whole is None:
+                whole = bytearray(max(size, at))
+                whole[:at], first = first, b""
+            whole[at : at + len(piece)] = piece
+        at += len(piece)
+    return first if whole is None else whole
+
+
+def verify_declared(side: str, head: Head, body: Body) -> None:
     """Bytes read must be as many as the source declared, and match a full-object checksum
     it declared where one is computable here (where its ETag is an MD5, the target checks
     that instead, at no cost to us)."""

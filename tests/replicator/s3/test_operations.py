@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 import time
+import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -14,6 +16,7 @@ import stack as local_stack
 from replicator import config
 from replicator.errors import Kind
 from replicator.s3 import S3
+from replicator.s3.operations import gathered
 from tests.conftest import base_env
 
 KEYS = [
@@ -125,6 +128,37 @@ def test_get_reserves_the_size_after_the_headers_and_before_the_body(stack, sour
         s3.get(bucket, "k", 10, refused)
     assert events == []
     assert s3.get(bucket, "k", 10)[1] == b"abcde"
+
+
+def test_a_body_in_many_pieces_is_held_once_not_twice(stack, source):
+    """A body read in 1 MiB pieces goes into one buffer of its size as it arrives: the
+    pieces and a joined copy are never held together (twice the size), for a whole GET
+    and a ranged read alike, and the bytes are exactly the object's."""
+    bucket, s3 = source
+    data = os.urandom(12 * 1024 * 1024 + 3)
+    etag = stack.source.client().put_object(Bucket=bucket, Key="big", Body=data)["ETag"]
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        _, body = s3.get(bucket, "big", limit=len(data))
+        whole = tracemalloc.get_traced_memory()[1]
+        del body  # compared below, once measured
+        tracemalloc.reset_peak()
+        ranged = s3.read(bucket, "big", etag.strip('"'), 5, len(data) - 1)
+        part = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert whole < 1.5 * len(data), f"{whole} bytes at peak for a body of {len(data)}"
+    assert part < 1.5 * len(data), f"{part} bytes at peak for a range of {len(data) - 5}"
+    assert ranged == data[5:]
+    assert s3.get(bucket, "big", limit=len(data))[1] == data
+
+
+def test_a_body_in_one_piece_is_that_piece():
+    """No copy of a small body: it stays the bytes read (sent with its header block)."""
+    piece = b"x" * 4096
+    assert gathered(iter([piece]), len(piece)) is piece
+    assert gathered(iter([b"ab", b"c", b"de"]), 5) == bytearray(b"abcde")
 
 
 def test_a_missing_bucket_is_permanent_not_a_missing_key(stack, source):
