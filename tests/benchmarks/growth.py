@@ -8,7 +8,7 @@ disk: each a new object directory holding a hard link to a loaded key's `xl.meta
 object lives inline in it, and it names no key), which is what MinIO's single-drive
 backend would have written for the same bytes; MinIO lists and serves them as it does any
 object. Above GROWTH_COPY_UP_TO keys (default 100000) the copy-everything case is not run
-(at a million keys each of its four runs takes most of an hour): both targets are made the
+(at a million keys each of its four runs takes over half an hour): both targets are made the
 same way instead, as full copies of the source for the nothing-to-copy case.
 
 Per key count, on one source bucket:
