@@ -66,6 +66,7 @@ from harness import (  # run.py's own folder: on sys.path when run as a script
     until,
     worker_run,
 )
+from memory import bench_memory
 from wan import bench_wan_large, bench_wan_small
 
 # ---- scenarios ---------------------------------------------------------------------
@@ -524,6 +525,7 @@ SCENARIOS: dict[str, Callable[[Stack], list[Row]]] = {
     "wan-small": bench_wan_small,
     "wan-large": bench_wan_large,
     "backlog": bench_backlog,
+    "memory": bench_memory,
 }
 
 
