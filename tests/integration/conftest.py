@@ -62,6 +62,9 @@ def source_bucket(notifying) -> Iterator[Callable[[str | None], str]]:
     from minio.notificationconfig import NotificationConfig, QueueConfig
 
     client = notifying.client()
+    minio = Minio(
+        notifying.url.split("//")[1], notifying.access_key, notifying.secret_key, secure=False
+    )
     made = []
 
     def make(arn: str | None = None, events: tuple[str, ...] = ("s3:ObjectCreated:*",)) -> str:
@@ -69,18 +72,15 @@ def source_bucket(notifying) -> Iterator[Callable[[str | None], str]]:
         client.create_bucket(Bucket=name)
         made.append(name)
         if arn:
-            minio = Minio(
-                notifying.url.split("//")[1],
-                notifying.access_key,
-                notifying.secret_key,
-                secure=False,
-            )
             config = QueueConfig(queue=arn, events=list(events))
             minio.set_bucket_notification(name, NotificationConfig(queue_config_list=[config]))
         return name
 
     yield make
     for name in made:
+        # Unwired first: emptying a bucket wired for removals would publish an event per
+        # key, which MinIO's queue_dir store may deliver during a later test.
+        minio.delete_bucket_notification(name)
         empty_bucket(client, name)
         client.delete_bucket(Bucket=name)
 
