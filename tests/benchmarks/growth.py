@@ -1,13 +1,13 @@
 """S7 growth: the nightly reconcile and `backfill --dry-run` as the key count grows,
 each against its mc reference in the same run (time ratio, peak RSS, S3 requests).
 
-Key counts: GROWTH_KEYS (default "10000,100000"; 1,000,000 works too, not in the default
-for its half hour). The first LOADED keys are real uploads: tars of 1 KiB objects that
-MinIO unpacks itself ("snowball", about 900 objects/s here). Keys beyond them are made on
-disk: each a new object directory holding a hard link to a loaded key's `xl.meta` (a 1 KiB
-object lives inline in it, and it names no key), which is what MinIO's single-drive
-backend would have written for the same bytes; MinIO lists and serves them as it does any
-object. Above GROWTH_COPY_UP_TO keys (default 100000) the copy-everything case is not run
+Key counts: GROWTH_KEYS (default "10000,100000"; 1,000,000 works too, not in the default:
+about 9 minutes to load, 20 to measure and 15 to remove the stack's directory here). The
+first LOADED keys are real uploads: tars of 1 KiB objects that MinIO unpacks itself
+("snowball"). Keys beyond them are made on disk: each a new object directory holding a
+hard link to a loaded key's `xl.meta`, the one file MinIO's single-drive backend wrote
+for that key (a 1 KiB object lives inline in it, and it names no key); MinIO lists and
+serves them as it does any object, with the loaded key's bytes, ETag and time. Above GROWTH_COPY_UP_TO keys (default 100000) the copy-everything case is not run
 (at a million keys each of its four runs takes over half an hour): both targets are made the
 same way instead, as full copies of the source for the nothing-to-copy case.
 
