@@ -7,8 +7,9 @@ first LOADED keys are real uploads: tars of 1 KiB objects that MinIO unpacks its
 ("snowball"). Keys beyond them are made on disk: each a new object directory holding a
 hard link to a loaded key's `xl.meta`, the one file MinIO's single-drive backend wrote
 for that key (a 1 KiB object lives inline in it, and it names no key); MinIO lists and
-serves them as it does any object, with the loaded key's bytes, ETag and time. Above GROWTH_COPY_UP_TO keys (default 100000) the copy-everything case is not run
-(at a million keys each of its four runs takes over half an hour): both targets are made the
+serves them as it does any object, with the loaded key's bytes, ETag and time.
+Above GROWTH_COPY_UP_TO keys (default 100000) the copy-everything case is not run (at a
+million keys each of its four runs takes over half an hour): both targets are made the
 same way instead, as full copies of the source for the nothing-to-copy case.
 
 Per key count, on one source bucket:
