@@ -36,9 +36,30 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free loopback port below the kernel's ephemeral range. A port from that range
+    (what binding port 0 gives) can be taken by any outgoing connection before the server
+    it was chosen for binds it, or between that server's stop and its restart (a RabbitMQ
+    node failed to restart with `dist_port_already_used`)."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = secrets.randbelow(low - 10000) + 10000
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no luck below the range: any free port
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, 11000)
 
 
 def wait_until(
